@@ -1,0 +1,18 @@
+//! Data pipeline of clipfleet: deterministic sampling, image transforms,
+//! tokenization and the built-in synthetic image–caption dataset.
+//!
+//! This crate hands plain Rust buffers to the trainer (uint8 NHWC images and
+//! `i64` token ids) and never links libtorch, so it builds and tests fast.
+//! Every random choice is drawn from a counter-based [`rng::Rng`] keyed by
+//! (seed, epoch, sample index, ...), so the data a step sees is a pure function
+//! of those numbers, whatever the number of threads or ranks.
+
+pub mod batch;
+pub mod error;
+pub mod rng;
+pub mod sampling;
+pub mod synthetic;
+pub mod tokenizer;
+pub mod transform;
+
+pub use error::DataError;
