@@ -1,0 +1,325 @@
+//! Crash-consistent checkpoints (DESIGN §6).
+//!
+//! Layout of a run folder:
+//! ```text
+//! OUTPUT/checkpoints/step_N/model.safetensors      weights, OpenCLIP keys, float32
+//! OUTPUT/checkpoints/step_N/optimizer.safetensors  AdamW moments and step
+//! OUTPUT/checkpoints/step_N/state.json             step, data position, RNG, configs, version
+//! OUTPUT/checkpoints/step_N/manifest.json          sha256 and size of each file above
+//! OUTPUT/checkpoints/latest                        "step_N", replaced atomically
+//! ```
+//! Commit protocol: everything is written under `step_N.tmp/` and fsynced, the manifest
+//! last; the folder is renamed to `step_N/` and the parent fsynced; then `latest` is
+//! replaced through a fsynced temporary file and a rename. A crash at any point leaves the
+//! previous checkpoint intact and `latest` pointing at a complete one. A folder without a
+//! manifest was never committed and is never loaded.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::config::TrainConfig;
+use crate::data::DataPosition;
+use crate::error::{Result, TrainError};
+use crate::model::{Clip, ClipConfig};
+use crate::optim::AdamW;
+
+/// Current `state.json` format.
+pub const FORMAT_VERSION: u32 = 1;
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "state.json";
+const MANIFEST_FILE: &str = "manifest.json";
+const LATEST_FILE: &str = "latest";
+
+/// How the random streams are reproduced on resume. All randomness in clipfleet is
+/// counter-based: data order and augmentation derive from (seed, epoch, sample index),
+/// and libtorch's generator is re-seeded from (seed, step) before every step, so the
+/// seed and the step are the complete RNG state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// Always `"counter"`.
+    pub kind: String,
+    /// The run seed.
+    pub seed: u64,
+    /// The next step to run.
+    pub step: i64,
+}
+
+/// `state.json`: everything beyond tensors needed to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Optimizer steps completed.
+    pub step: i64,
+    /// Where the data stream continues.
+    pub data: DataPosition,
+    /// The RNG state.
+    pub rng: RngState,
+    /// The resolved training config.
+    pub train_config: TrainConfig,
+    /// The model config (OpenCLIP JSON).
+    pub model_config: ClipConfig,
+    /// clipfleet version that wrote the checkpoint.
+    pub clipfleet_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileEntry {
+    sha256: String,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    step: i64,
+    files: BTreeMap<String, FileEntry>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+fn fsync_file(path: &Path) -> Result<()> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+}
+
+fn fsync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(path))
+}
+
+fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// The folder holding a run's checkpoints.
+pub fn checkpoints_dir(output: &Path) -> PathBuf {
+    output.join("checkpoints")
+}
+
+fn step_dir_name(step: i64) -> String {
+    format!("step_{step}")
+}
+
+fn parse_step(name: &str) -> Option<i64> {
+    name.strip_prefix("step_")?.parse().ok()
+}
+
+/// Committed checkpoints (folders with a manifest) under `dir`, oldest first.
+pub fn list_committed(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = parse_step(&name) {
+            if entry.path().join(MANIFEST_FILE).is_file() {
+                out.push((step, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Writes and commits checkpoint `state.step` under `OUTPUT/checkpoints/`, then prunes to
+/// the newest `keep` (0 keeps all). Returns the committed folder.
+pub fn save(output: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointState, keep: usize) -> Result<PathBuf> {
+    let dir = checkpoints_dir(output);
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let final_dir = dir.join(step_dir_name(state.step));
+    if final_dir.join(MANIFEST_FILE).is_file() {
+        // Already committed (e.g. by a run that crashed before updating `latest`):
+        // never rewrite a committed checkpoint.
+        update_latest(&dir, state.step)?;
+        return Ok(final_dir);
+    }
+    let tmp = dir.join(format!("{}.tmp", step_dir_name(state.step)));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+
+    let model_path = tmp.join(MODEL_FILE);
+    model.save_safetensors(&model_path)?;
+    fsync_file(&model_path)?;
+    let opt_path = tmp.join(OPTIMIZER_FILE);
+    Tensor::write_safetensors(&optimizer.state_tensors(), &opt_path).map_err(|e| TrainError::Checkpoint {
+        path: tmp.clone(),
+        reason: format!("cannot write the optimizer state: {e}"),
+    })?;
+    fsync_file(&opt_path)?;
+    let state_json = serde_json::to_vec_pretty(state)
+        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), reason: format!("cannot serialise state: {e}") })?;
+    write_synced(&tmp.join(STATE_FILE), &state_json)?;
+
+    let mut files = BTreeMap::new();
+    for name in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+        let (sha256, bytes) = sha256_file(&tmp.join(name))?;
+        files.insert(name.to_string(), FileEntry { sha256, bytes });
+    }
+    let manifest = serde_json::to_vec_pretty(&Manifest { step: state.step, files })
+        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), reason: format!("cannot serialise manifest: {e}") })?;
+    write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
+    fsync_dir(&tmp)?;
+    fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
+    fsync_dir(&dir)?;
+    update_latest(&dir, state.step)?;
+    prune(&dir, keep, state.step)?;
+    Ok(final_dir)
+}
+
+fn update_latest(dir: &Path, step: i64) -> Result<()> {
+    let tmp = dir.join(format!("{LATEST_FILE}.tmp"));
+    write_synced(&tmp, format!("{}\n", step_dir_name(step)).as_bytes())?;
+    let latest = dir.join(LATEST_FILE);
+    fs::rename(&tmp, &latest).map_err(io_err(&latest))?;
+    fsync_dir(dir)
+}
+
+fn prune(dir: &Path, keep: usize, current: i64) -> Result<()> {
+    // Uncommitted leftovers of crashed writes are garbage.
+    for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("step_") && name.ends_with(".tmp") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    if keep == 0 {
+        return Ok(());
+    }
+    let committed = list_committed(dir)?;
+    let excess = committed.len().saturating_sub(keep);
+    for (step, path) in committed.into_iter().take(excess) {
+        if step != current {
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves what `--resume` or `--checkpoint` names: a checkpoint folder (`step_N/`), a run
+/// folder (its `checkpoints/latest`), or a `checkpoints/` folder. Returns `None` when a run
+/// folder has no committed checkpoint yet.
+pub fn resolve(path: &Path) -> Result<Option<PathBuf>> {
+    if path.join(MANIFEST_FILE).is_file() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if parse_step(&path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).is_some() {
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: if path.exists() {
+                "incomplete: it has no manifest.json, so it was never committed".into()
+            } else {
+                "no such checkpoint folder".into()
+            },
+        });
+    }
+    if !path.exists() {
+        return Err(TrainError::Checkpoint { path: path.to_path_buf(), reason: "no such folder".into() });
+    }
+    let dir = if path.join(LATEST_FILE).is_file() { path.to_path_buf() } else { checkpoints_dir(path) };
+    let latest = dir.join(LATEST_FILE);
+    if let Ok(text) = fs::read_to_string(&latest) {
+        let name = text.trim();
+        let target = dir.join(name);
+        if parse_step(name).is_some() && target.join(MANIFEST_FILE).is_file() {
+            return Ok(Some(target));
+        }
+        tracing::warn!(pointer = %latest.display(), target = name, "`latest` names no committed checkpoint; using the newest committed one");
+    }
+    Ok(list_committed(&dir)?.pop().map(|(_, p)| p))
+}
+
+/// A verified checkpoint: its folder and its state.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The `step_N/` folder.
+    pub dir: PathBuf,
+    /// Its `state.json`.
+    pub state: CheckpointState,
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint folder, verifying every file against the manifest's sha256 and
+    /// size; a truncated or altered file is an error that names it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let bad = |reason: String| TrainError::Checkpoint { path: dir.to_path_buf(), reason };
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_text = fs::read_to_string(&manifest_path)
+            .map_err(|e| bad(format!("cannot read {MANIFEST_FILE} ({e}); the checkpoint was never committed")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&manifest_text).map_err(|e| bad(format!("{MANIFEST_FILE} is corrupt: {e}")))?;
+        for name in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+            let entry = manifest.files.get(name).ok_or_else(|| bad(format!("{MANIFEST_FILE} does not list {name}")))?;
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Err(bad(format!("{name} is missing")));
+            }
+            let (sha, bytes) = sha256_file(&path)?;
+            if bytes != entry.bytes || sha != entry.sha256 {
+                return Err(bad(format!(
+                    "{name} is corrupt or truncated: {bytes} bytes with sha256 {sha}, the manifest says {} bytes with sha256 {}",
+                    entry.bytes, entry.sha256
+                )));
+            }
+        }
+        let state_text = fs::read_to_string(dir.join(STATE_FILE)).map_err(io_err(dir))?;
+        let state: CheckpointState =
+            serde_json::from_str(&state_text).map_err(|e| bad(format!("{STATE_FILE} is not valid: {e}")))?;
+        if state.format_version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported (this clipfleet reads {FORMAT_VERSION})",
+                state.format_version
+            )));
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), state })
+    }
+
+    /// Path of the weights.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(MODEL_FILE)
+    }
+
+    /// Loads the weights into `model`.
+    pub fn load_model(&self, model: &mut Clip) -> Result<()> {
+        model.load_safetensors(&self.model_path())
+    }
+
+    /// Loads the optimizer state into `optimizer`.
+    pub fn load_optimizer(&self, optimizer: &mut AdamW) -> Result<()> {
+        let path = self.dir.join(OPTIMIZER_FILE);
+        let tensors = Tensor::read_safetensors(&path).map_err(|e| TrainError::Checkpoint {
+            path: path.clone(),
+            reason: format!("cannot read the optimizer state: {e}"),
+        })?;
+        optimizer.load_state_tensors(tensors, &path)
+    }
+}

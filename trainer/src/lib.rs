@@ -1,0 +1,19 @@
+//! The clipfleet trainer: an OpenCLIP-compatible CLIP in libtorch (through `tch`), its
+//! contrastive losses, AdamW with OpenCLIP's defaults, crash-consistent checkpoints,
+//! evaluation and the training loop.
+//!
+//! Every tensor path runs on the CPU; CUDA is chosen at run time through `device`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod train;
+
+pub use config::TrainConfig;
+pub use error::{ConfigError, Result, TrainError};

@@ -1,0 +1,93 @@
+//! Contrastive losses (DESIGN §3).
+//!
+//! The API takes local rows and global columns, so that gathered features plug in
+//! unchanged: a rank holding `b` local pairs scores them against all `N` gathered pairs,
+//! and its labels start at `row_offset = rank * b`. On one process the local and the
+//! global features are the same tensors and the offset is 0.
+
+use tch::{Kind, Tensor};
+
+/// The features a loss needs: this rank's rows and everyone's columns.
+#[derive(Debug)]
+pub struct ContrastiveBatch<'a> {
+    /// This rank's L2-normalised image features, [b, d].
+    pub image_local: &'a Tensor,
+    /// This rank's L2-normalised text features, [b, d].
+    pub text_local: &'a Tensor,
+    /// All ranks' image features, [N, d] (may be `image_local` itself).
+    pub image_all: &'a Tensor,
+    /// All ranks' text features, [N, d].
+    pub text_all: &'a Tensor,
+    /// Index in `0..N` of this rank's first row.
+    pub row_offset: i64,
+}
+
+impl<'a> ContrastiveBatch<'a> {
+    /// A batch where every pair is local (one process).
+    pub fn local(image: &'a Tensor, text: &'a Tensor) -> Self {
+        ContrastiveBatch { image_local: image, text_local: text, image_all: image, text_all: text, row_offset: 0 }
+    }
+}
+
+/// The symmetric CLIP InfoNCE loss, local form (OpenCLIP `ClipLoss` with
+/// `local_loss=True, gather_with_grad=True`):
+/// ½[CE(s·I_r·Tᵀ, labels) + CE(s·T_r·Iᵀ, labels)] with labels = row_offset + arange(b).
+///
+/// `logit_scale` is s = exp(θ), already exponentiated, as OpenCLIP passes it.
+///
+/// # Shapes
+/// features as in [`ContrastiveBatch`]; `logit_scale`: [] → [] (the mean over local rows).
+pub fn clip_loss(batch: &ContrastiveBatch<'_>, logit_scale: &Tensor) -> Tensor {
+    let b = batch.image_local.size()[0];
+    let labels =
+        Tensor::arange_start(batch.row_offset, batch.row_offset + b, (Kind::Int64, batch.image_local.device()));
+    let logits_per_image = batch.image_local.matmul(&batch.text_all.tr()) * logit_scale;
+    let logits_per_text = batch.text_local.matmul(&batch.image_all.tr()) * logit_scale;
+    (logits_per_image.cross_entropy_for_logits(&labels) + logits_per_text.cross_entropy_for_logits(&labels)) / 2.0
+}
+
+/// The global form L = ½[CE(s·I·Tᵀ) + CE(s·T·Iᵀ)] over N pairs on one device.
+pub fn clip_loss_global(image: &Tensor, text: &Tensor, logit_scale: &Tensor) -> Tensor {
+    clip_loss(&ContrastiveBatch::local(image, text), logit_scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn features(n: i64, d: i64) -> Tensor {
+        crate::model::l2_normalize(&Tensor::randn([n, d], (Kind::Double, Device::Cpu)))
+    }
+
+    #[test]
+    fn perfect_alignment_gives_small_loss() {
+        let x = features(8, 16);
+        let loss = clip_loss_global(&x, &x, &Tensor::from(100.0f64)).double_value(&[]);
+        assert!(loss < 1e-3, "{loss}");
+    }
+
+    #[test]
+    fn local_rows_sum_to_global_loss() {
+        // DESIGN §3 parity target: Σ_r loss_r = W·L (the cross-entropy runs in float32).
+        tch::manual_seed(3);
+        let (image, text, scale) = (features(12, 8), features(12, 8), Tensor::from(7.5f64));
+        let global = clip_loss_global(&image, &text, &scale).double_value(&[]);
+        let w = 3;
+        let b = 12 / w;
+        let sum: f64 = (0..w)
+            .map(|r| {
+                let (il, tl) = (image.narrow(0, r * b, b), text.narrow(0, r * b, b));
+                let batch = ContrastiveBatch {
+                    image_local: &il,
+                    text_local: &tl,
+                    image_all: &image,
+                    text_all: &text,
+                    row_offset: r * b,
+                };
+                clip_loss(&batch, &scale).double_value(&[])
+            })
+            .sum();
+        assert!((sum - w as f64 * global).abs() < 1e-5, "{sum} vs {}", w as f64 * global);
+    }
+}

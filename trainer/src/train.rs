@@ -1,0 +1,284 @@
+//! The single-process training loop: data → towers → CLIP loss → AdamW, with periodic
+//! logging, checkpoints and evaluation, and exact resume.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clipfleet_dataloader::rng::Rng;
+use clipfleet_dataloader::synthetic::SyntheticDataset;
+use indicatif::ProgressBar;
+use tch::Kind;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointState, RngState, FORMAT_VERSION};
+use crate::config::TrainConfig;
+use crate::data::{
+    images_to_tensor, tokenizer_for, tokens_to_tensor, DataPosition, SyntheticStream, SyntheticStreamConfig,
+};
+use crate::device::resolve_device;
+use crate::error::{Result, TrainError};
+use crate::eval::{evaluate, EvalReport};
+use crate::loss::clip_loss_global;
+use crate::model::Clip;
+use crate::optim::AdamW;
+
+/// Where to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The newest committed checkpoint of the run folder; start fresh if there is none.
+    Latest,
+    /// A checkpoint folder or a run folder, which must hold a committed checkpoint.
+    Path(PathBuf),
+}
+
+impl Resume {
+    /// Parses `--resume`: `latest` or a path.
+    pub fn parse(s: &str) -> Self {
+        if s == "latest" {
+            Resume::Latest
+        } else {
+            Resume::Path(PathBuf::from(s))
+        }
+    }
+}
+
+/// Options that are not part of the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Resume point.
+    pub resume: Option<Resume>,
+    /// A progress bar to advance (hidden when not on a terminal).
+    pub progress: Option<ProgressBar>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Steps completed.
+    pub step: i64,
+    /// Training loss at the last logged step.
+    pub last_loss: f64,
+    /// The final evaluation.
+    pub eval: EvalReport,
+    /// The final checkpoint.
+    pub checkpoint: PathBuf,
+    /// Training throughput over this process's steps.
+    pub samples_per_second: f64,
+}
+
+const TORCH_SEED_STREAM: u64 = 0x7463_685f_7365_6564; // "tch_seed"
+
+/// Seeds libtorch's generator for `step` from (seed, step), so stochastic ops replay
+/// identically after a resume without storing generator state.
+fn seed_step(seed: u64, step: i64) {
+    let s = Rng::from_key(&[seed, step as u64, TORCH_SEED_STREAM]).next_u64();
+    tch::manual_seed((s >> 1) as i64);
+}
+
+fn find_resume(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<Option<Checkpoint>> {
+    let dir = match resume {
+        None => return Ok(None),
+        Some(Resume::Latest) => {
+            if !cfg.output.exists() {
+                None
+            } else {
+                checkpoint::resolve(&cfg.output)?
+            }
+        }
+        Some(Resume::Path(p)) => Some(checkpoint::resolve(p)?.ok_or_else(|| TrainError::Checkpoint {
+            path: p.clone(),
+            reason: "holds no committed checkpoint".into(),
+        })?),
+    };
+    match dir {
+        None => {
+            tracing::info!(output = %cfg.output.display(), "no checkpoint to resume from; starting from scratch");
+            Ok(None)
+        }
+        Some(dir) => Ok(Some(Checkpoint::open(&dir)?)),
+    }
+}
+
+fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+}
+
+/// Trains one process on the synthetic data according to `cfg`.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let _span = tracing::info_span!("worker", rank = 0).entered();
+    let device = resolve_device(&cfg.device)?;
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    let model_cfg = cfg.model_config()?;
+    let scheduler = cfg.scheduler()?;
+    let resume = find_resume(cfg, opts.resume.as_ref())?;
+    if let Some(ck) = &resume {
+        if ck.state.model_config != model_cfg {
+            return Err(TrainError::Checkpoint {
+                path: ck.dir.clone(),
+                reason: format!(
+                    "was written for a different model ({}); pass the same --model/--model-config or another --output",
+                    serde_json::to_string(&ck.state.model_config).unwrap_or_default()
+                ),
+            });
+        }
+        if ck.state.train_config.seed != cfg.seed || ck.state.train_config.batch_size != cfg.batch_size {
+            tracing::warn!(
+                "seed or batch size differs from the checkpoint's: the data order will not continue exactly"
+            );
+        }
+    }
+
+    tch::manual_seed(cfg.seed as i64);
+    let mut model = Clip::new(&model_cfg, device)?;
+    let mut optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
+    let (mut step, mut position) = (0i64, DataPosition::default());
+    if let Some(ck) = &resume {
+        ck.load_model(&mut model)?;
+        ck.load_optimizer(&mut optimizer)?;
+        step = ck.state.step;
+        position = ck.state.data;
+        tracing::info!(checkpoint = %ck.dir.display(), step, epoch = position.epoch, samples_in_epoch = position.samples_in_epoch, "resumed");
+    }
+    std::fs::create_dir_all(&cfg.output).map_err(|source| TrainError::Io { path: cfg.output.clone(), source })?;
+    write_json_atomic(&cfg.output.join("config.json"), cfg)?;
+
+    let params: i64 = model.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum();
+    tracing::info!(model = %cfg.model_config.as_ref().map(|p| p.display().to_string()).unwrap_or(cfg.model.clone()), parameters = params, ?device, batch_size = cfg.batch_size, steps = cfg.steps, "training");
+
+    let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
+    let image_size = model_cfg.vision_cfg.image_size as u32;
+    let ctx = model_cfg.text_cfg.context_length;
+    let mut stream = SyntheticStream::start(
+        SyntheticStreamConfig {
+            image_size,
+            seed: cfg.seed,
+            batch_size: cfg.batch_size as usize,
+            num_samples: cfg.train_num_samples,
+            context_length: ctx as usize,
+            prefetch: cfg.prefetch,
+        },
+        tokenizer.clone(),
+        position,
+    )?;
+    let val_data = SyntheticDataset::new(image_size, cfg.seed);
+    let state_at = |step: i64, position: DataPosition| CheckpointState {
+        format_version: FORMAT_VERSION,
+        step,
+        data: position,
+        rng: RngState { kind: "counter".into(), seed: cfg.seed, step },
+        train_config: cfg.clone(),
+        model_config: model_cfg.clone(),
+        clipfleet_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+
+    if let Some(pb) = &opts.progress {
+        pb.set_length(cfg.steps as u64);
+        pb.set_position(step as u64);
+    }
+    let started = Instant::now();
+    let first_step = step;
+    let (mut window_start, mut window_wait, mut window_steps) = (Instant::now(), 0.0f64, 0i64);
+    let mut last_loss = f64::NAN;
+    let mut last_checkpoint = None;
+    while step < cfg.steps {
+        seed_step(cfg.seed, step);
+        let lr = scheduler.lr(cfg.lr, cfg.warmup, cfg.steps, step);
+        let wait_start = Instant::now();
+        let batch = stream.next_batch()?;
+        window_wait += wait_start.elapsed().as_secs_f64();
+        let images = images_to_tensor(&batch.images, device);
+        let tokens = tokens_to_tensor(&batch.tokens, ctx, device);
+        let (image_features, text_features) = model.forward(&images, &tokens);
+        let loss = clip_loss_global(&image_features, &text_features, &model.logit_scale().exp());
+        optimizer.zero_grad();
+        loss.backward();
+        let grad_norm = optimizer.clip_grad_norm(cfg.grad_clip_norm);
+        optimizer.step(lr);
+        model.clamp_logit_scale();
+        position = batch.position_after;
+        step += 1;
+        window_steps += 1;
+        if let Some(pb) = &opts.progress {
+            pb.set_position(step as u64);
+        }
+
+        if step % cfg.log_every == 0 || step == cfg.steps {
+            // The only host synchronisation in the loop.
+            last_loss = loss.double_value(&[]);
+            if !last_loss.is_finite() {
+                return Err(TrainError::NonFiniteLoss { step, loss: last_loss });
+            }
+            let elapsed = window_start.elapsed().as_secs_f64();
+            let samples_per_second = (window_steps * cfg.batch_size) as f64 / elapsed;
+            let logit_scale = model.logit_scale().double_value(&[]).exp();
+            let grad_norm = grad_norm.to_kind(Kind::Double).double_value(&[]);
+            tracing::info!(
+                step,
+                loss = format_args!("{last_loss:.4}"),
+                lr = format_args!("{lr:.3e}"),
+                logit_scale = format_args!("{logit_scale:.2}"),
+                grad_norm = format_args!("{grad_norm:.3}"),
+                samples_per_second = format_args!("{samples_per_second:.1}"),
+                data_wait_fraction = format_args!("{:.3}", window_wait / elapsed),
+                "train"
+            );
+            if let Some(pb) = &opts.progress {
+                pb.set_message(format!("loss {last_loss:.3} · {samples_per_second:.0} samples/s"));
+            }
+            (window_start, window_wait, window_steps) = (Instant::now(), 0.0, 0);
+        }
+        if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step != cfg.steps {
+            let t = Instant::now();
+            let dir =
+                checkpoint::save(&cfg.output, &model, &optimizer, &state_at(step, position), cfg.keep_checkpoints)?;
+            tracing::info!(step, path = %dir.display(), seconds = format_args!("{:.2}", t.elapsed().as_secs_f64()), "checkpoint");
+            last_checkpoint = Some(dir);
+        }
+        if cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps {
+            let report = evaluate(&model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step);
+            log_eval(&report);
+        }
+    }
+    let trained = step - first_step;
+    let samples_per_second = (trained * cfg.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    drop(stream);
+
+    let checkpoint = match (trained, last_checkpoint, &resume) {
+        (0, _, Some(ck)) => ck.dir.clone(),
+        _ => {
+            let t = Instant::now();
+            let dir =
+                checkpoint::save(&cfg.output, &model, &optimizer, &state_at(step, position), cfg.keep_checkpoints)?;
+            tracing::info!(step, path = %dir.display(), seconds = format_args!("{:.2}", t.elapsed().as_secs_f64()), "checkpoint");
+            dir
+        }
+    };
+    let eval = evaluate(&model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step);
+    log_eval(&eval);
+    write_json_atomic(&cfg.output.join("eval.json"), &eval)?;
+    if let Some(pb) = &opts.progress {
+        pb.finish_and_clear();
+    }
+    Ok(TrainSummary { step, last_loss, eval, checkpoint, samples_per_second })
+}
+
+/// Logs an evaluation report.
+pub fn log_eval(r: &EvalReport) {
+    tracing::info!(
+        step = r.step,
+        zero_shot_top1 = format_args!("{:.3}", r.zero_shot_top1),
+        zero_shot_top5 = format_args!("{:.3}", r.zero_shot_top5),
+        image_to_text_r1 = format_args!("{:.3}", r.image_to_text_r1),
+        text_to_image_r1 = format_args!("{:.3}", r.text_to_image_r1),
+        val_loss = format_args!("{:.4}", r.val_loss),
+        classes = r.num_classes,
+        samples = r.num_samples,
+        "eval"
+    );
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the trainer crate: parity with open_clip 3.3.0 and checkpoints.
+
+mod checkpoints;
+mod common;
+mod parity;
