@@ -1,0 +1,200 @@
+//! The command line, declared with clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// clipfleet: contrastive image–text pretraining (CLIP) in Rust on libtorch.
+#[derive(Debug, Parser)]
+#[command(name = "clipfleet", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Log format: `human`, `json` (one JSON object per line), or `auto` (human on a terminal, JSON otherwise).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub(crate) log_format: LogFormat,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable on a terminal, JSON lines otherwise.
+    Auto,
+    /// Human-readable.
+    Human,
+    /// JSON lines.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Train a CLIP model (one process). Without shards it trains on the built-in synthetic
+    /// image–caption data. Settings come from `--config FILE.toml`, overridden by flags.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on the held-out synthetic split: zero-shot top-1/top-5,
+    /// image↔text recall@1/5/10 and the validation loss.
+    Eval(EvalArgs),
+    /// Embed images and/or captions with a checkpoint or OpenCLIP weights, into a safetensors file.
+    Embed(EmbedArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `clipfleet train`.
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    /// A TOML config file; flags given on the command line override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Built-in model preset: tiny, small, ViT-B-32, ViT-B-16 or ViT-L-14.
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// An OpenCLIP model-config JSON file (instead of --model).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) model_config: Option<PathBuf>,
+    /// BPE vocabulary file (bpe_simple_vocab_16e6.txt.gz) for models with OpenCLIP's vocabulary.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vocab: Option<PathBuf>,
+    /// Pairs per worker per step.
+    #[arg(long)]
+    pub(crate) batch_size: Option<i64>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub(crate) steps: Option<i64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub(crate) lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    pub(crate) warmup: Option<i64>,
+    /// Learning-rate schedule after warm-up: cosine or const.
+    #[arg(long)]
+    pub(crate) lr_scheduler: Option<String>,
+    /// AdamW weight decay (not applied to gains, biases and the logit scale).
+    #[arg(long)]
+    pub(crate) weight_decay: Option<f64>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub(crate) grad_clip_norm: Option<f64>,
+    /// Seed for initialisation, data order and augmentation.
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Run folder for checkpoints, the resolved config and eval.json.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
+    /// Write a checkpoint every N steps (0: only at the end).
+    #[arg(long, value_name = "N")]
+    pub(crate) checkpoint_every: Option<i64>,
+    /// Keep the newest K checkpoints (0: all).
+    #[arg(long, value_name = "K")]
+    pub(crate) keep_checkpoints: Option<usize>,
+    /// Evaluate every N steps (0: only at the end).
+    #[arg(long, value_name = "N")]
+    pub(crate) eval_every: Option<i64>,
+    /// Held-out pairs used by the evaluation.
+    #[arg(long, value_name = "N")]
+    pub(crate) eval_samples: Option<i64>,
+    /// Log metrics every N steps.
+    #[arg(long, value_name = "N")]
+    pub(crate) log_every: Option<i64>,
+    /// Resume: `latest` (the newest checkpoint in --output, or start fresh if none) or a checkpoint/run folder.
+    #[arg(long, value_name = "latest|PATH")]
+    pub(crate) resume: Option<String>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    /// libtorch intra-op threads (0: libtorch's default).
+    #[arg(long)]
+    pub(crate) threads: Option<i64>,
+    /// Samples in one epoch of the synthetic training split.
+    #[arg(long, value_name = "N")]
+    pub(crate) train_num_samples: Option<u64>,
+    /// Print the final evaluation as one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `clipfleet eval`.
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// A run folder (its latest checkpoint is used) or one checkpoint folder.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) checkpoint: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Held-out pairs to evaluate (default: the run's eval_samples).
+    #[arg(long, value_name = "N")]
+    pub(crate) samples: Option<i64>,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: String,
+    /// BPE vocabulary file, for models with OpenCLIP's vocabulary.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vocab: Option<PathBuf>,
+}
+
+/// `clipfleet embed`.
+#[derive(Debug, Args)]
+pub(crate) struct EmbedArgs {
+    /// Built-in model preset (tiny, small, ViT-B-32, ViT-B-16, ViT-L-14).
+    #[arg(long, conflicts_with = "model_config", required_unless_present = "model_config")]
+    pub(crate) model: Option<String>,
+    /// An OpenCLIP model-config JSON file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) model_config: Option<PathBuf>,
+    /// Weights: a safetensors file with OpenCLIP's keys (a clipfleet checkpoint's model.safetensors, or OpenCLIP's).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub(crate) weights: PathBuf,
+    /// JPEG or PNG images; the short side is resized (bicubic), centre-cropped and normalised as in OpenCLIP.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub(crate) images: Vec<PathBuf>,
+    /// A text file with one caption per line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) texts: Option<PathBuf>,
+    /// Output safetensors file with `image_embeddings` and/or `text_embeddings` (float32, L2-normalised, input order).
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub(crate) output: PathBuf,
+    /// BPE vocabulary file, for models with OpenCLIP's vocabulary.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vocab: Option<PathBuf>,
+    /// Items per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Time full training steps (forward, loss, backward, AdamW) on random data already on the device.
+    Train(BenchTrainArgs),
+}
+
+/// `clipfleet bench train`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchTrainArgs {
+    /// Built-in model preset.
+    #[arg(long, default_value = "ViT-B-32")]
+    pub(crate) model: String,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: i64,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) steps: i64,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) warmup: i64,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: String,
+    /// libtorch intra-op threads (0: default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: i32,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

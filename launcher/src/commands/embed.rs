@@ -1,0 +1,71 @@
+//! `clipfleet embed`: image and caption embeddings for retrieval indexes.
+
+use anyhow::{bail, Context};
+use clipfleet_dataloader::batch::ImageBatch;
+use clipfleet_dataloader::transform::resize_short_side_center_crop;
+use clipfleet_trainer::data::{images_to_tensor, tokenizer_for, tokens_to_tensor};
+use clipfleet_trainer::device::resolve_device;
+use clipfleet_trainer::model::{l2_normalize, resolve_model, Clip};
+use tch::{Device, Kind, Tensor};
+
+use crate::cli::EmbedArgs;
+
+fn load_image(path: &std::path::Path, size: u32) -> anyhow::Result<image::RgbImage> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .decode()
+        .with_context(|| format!("cannot decode image {} (JPEG and PNG are supported)", path.display()))?;
+    Ok(resize_short_side_center_crop(&img.to_rgb8(), size))
+}
+
+pub(crate) fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    if args.images.is_empty() && args.texts.is_none() {
+        bail!("nothing to embed: give --images FILE... and/or --texts FILE");
+    }
+    if args.batch_size == 0 {
+        bail!("invalid value 0 for `--batch-size`: allowed an integer >= 1");
+    }
+    let device = resolve_device(&args.device)?;
+    let config = resolve_model(args.model.as_deref(), args.model_config.as_deref())?;
+    let mut model = Clip::new(&config, device)?;
+    model.load_safetensors(&args.weights)?;
+    let mut outputs: Vec<(String, Tensor)> = Vec::new();
+
+    if !args.images.is_empty() {
+        let size = config.vision_cfg.image_size as u32;
+        let mut chunks = Vec::new();
+        for paths in args.images.chunks(args.batch_size) {
+            let images = paths.iter().map(|p| load_image(p, size)).collect::<anyhow::Result<Vec<_>>>()?;
+            let batch = ImageBatch::from_images(&images)?;
+            let emb = tch::no_grad(|| l2_normalize(&model.encode_image(&images_to_tensor(&batch, device))));
+            chunks.push(emb.to_kind(Kind::Float).to_device(Device::Cpu));
+        }
+        outputs.push(("image_embeddings".into(), Tensor::cat(&chunks, 0)));
+    }
+    if let Some(path) = &args.texts {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read captions from {}", path.display()))?;
+        let captions: Vec<&str> = text.lines().collect();
+        if captions.is_empty() {
+            bail!("{} holds no captions (one per line expected)", path.display());
+        }
+        let tokenizer = tokenizer_for(&config, args.vocab.as_deref())?;
+        let ctx = config.text_cfg.context_length;
+        let mut chunks = Vec::new();
+        for batch in captions.chunks(args.batch_size) {
+            let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(batch, ctx as usize), ctx, device);
+            let emb = tch::no_grad(|| l2_normalize(&model.encode_text(&tokens)));
+            chunks.push(emb.to_kind(Kind::Float).to_device(Device::Cpu));
+        }
+        outputs.push(("text_embeddings".into(), Tensor::cat(&chunks, 0)));
+    }
+    let tmp = args.output.with_extension("safetensors.tmp");
+    Tensor::write_safetensors(&outputs, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    for (name, t) in &outputs {
+        tracing::info!(tensor = name, shape = ?t.size(), output = %args.output.display(), "embedded");
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `clipfleet-core`: the worker binary behind the `clipfleet` front end. It parses the
+//! command line and dispatches to the library crates, which hold all the logic.
+
+mod cli;
+mod commands;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let bar = logging::init(cli.log_format);
+    let result = match cli.command {
+        cli::Command::Train(args) => commands::train::run(args, bar),
+        cli::Command::Eval(args) => commands::eval::run(args),
+        cli::Command::Embed(args) => commands::embed::run(args),
+        cli::Command::Bench(cli::BenchCommand::Train(args)) => commands::bench::train(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed stdout (e.g. `| head`) is not a failure.
+            if err
+                .chain()
+                .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
