@@ -9,20 +9,19 @@
 
 use std::path::Path;
 
-/// `bin`: `None` applies the link arguments to every target of the package (tests
-/// included); `Some(name)` to that one binary only.
-fn link_libtorch(bin: Option<&str>) {
+/// `keys`: the cargo instructions that carry the link arguments, e.g.
+/// `cargo:rustc-link-arg=` (every target) or `cargo:rustc-link-arg-bin=NAME=`.
+fn link_libtorch(keys: &[&str]) {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
     println!("cargo:rustc-env=CLIPFLEET_LIBTORCH_DIR={dir}");
-    let key = match bin {
-        None => "cargo:rustc-link-arg=".to_string(),
-        Some(name) => format!("cargo:rustc-link-arg-bin={name}="),
-    };
-    println!("{key}-Wl,-rpath,{dir}");
-    if Path::new(&dir).join("libtorch_cuda.so").exists() {
-        println!("{key}-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    let cuda = Path::new(&dir).join("libtorch_cuda.so").exists();
+    for key in keys {
+        println!("{key}-Wl,-rpath,{dir}");
+        if cuda {
+            println!("{key}-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        }
     }
 }

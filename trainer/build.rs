@@ -3,5 +3,5 @@
 include!("../build/link_libtorch.rs");
 
 fn main() {
-    link_libtorch(None);
+    link_libtorch(&["cargo:rustc-link-arg="]);
 }

@@ -30,7 +30,7 @@ pub(crate) enum LogFormat {
 pub(crate) enum Command {
     /// Train a CLIP model (one process). Without shards it trains on the built-in synthetic
     /// image–caption data. Settings come from `--config FILE.toml`, overridden by flags.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on the held-out synthetic split: zero-shot top-1/top-5,
     /// image↔text recall@1/5/10 and the validation loss.
     Eval(EvalArgs),

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let bar = logging::init(cli.log_format);
     let result = match cli.command {
-        cli::Command::Train(args) => commands::train::run(args, bar),
+        cli::Command::Train(args) => commands::train::run(*args, bar),
         cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Embed(args) => commands::embed::run(args),
         cli::Command::Bench(cli::BenchCommand::Train(args)) => commands::bench::train(args),

@@ -1,1 +1,8 @@
-//! Integration tests for the clipfleet binary.
+//! Integration tests of the `clipfleet` binary: training, exact resume, crash safety,
+//! bad input, evaluation and embedding. Each test runs the real binary on the tiny model.
+
+mod cli;
+mod common;
+mod crash;
+mod embed;
+mod resume;

@@ -155,12 +155,6 @@ pub fn save(output: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointSt
     let dir = checkpoints_dir(output);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let final_dir = dir.join(step_dir_name(state.step));
-    if final_dir.join(MANIFEST_FILE).is_file() {
-        // Already committed (e.g. by a run that crashed before updating `latest`):
-        // never rewrite a committed checkpoint.
-        update_latest(&dir, state.step)?;
-        return Ok(final_dir);
-    }
     let tmp = dir.join(format!("{}.tmp", step_dir_name(state.step)));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -170,6 +164,7 @@ pub fn save(output: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointSt
     let model_path = tmp.join(MODEL_FILE);
     model.save_safetensors(&model_path)?;
     fsync_file(&model_path)?;
+    crate::fault::maybe_inject(crate::fault::FaultPoint::InCheckpoint, state.step);
     let opt_path = tmp.join(OPTIMIZER_FILE);
     Tensor::write_safetensors(&optimizer.state_tensors(), &opt_path).map_err(|e| TrainError::Checkpoint {
         path: tmp.clone(),
@@ -189,10 +184,21 @@ pub fn save(output: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointSt
         .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), reason: format!("cannot serialise manifest: {e}") })?;
     write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
     fsync_dir(&tmp)?;
+    if final_dir.exists() {
+        // A folder for this step from an abandoned run (resumed from an older checkpoint):
+        // move it aside first; `latest` still names a complete checkpoint meanwhile, and the
+        // moved folder is removed by `prune`.
+        let stale = dir.join(format!("{}.replaced.tmp", step_dir_name(state.step)));
+        if stale.exists() {
+            fs::remove_dir_all(&stale).map_err(io_err(&stale))?;
+        }
+        fs::rename(&final_dir, &stale).map_err(io_err(&final_dir))?;
+    }
     fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
     fsync_dir(&dir)?;
     update_latest(&dir, state.step)?;
     prune(&dir, keep, state.step)?;
+    crate::fault::maybe_inject(crate::fault::FaultPoint::AfterCheckpoint, state.step);
     Ok(final_dir)
 }
 
@@ -208,7 +214,7 @@ fn prune(dir: &Path, keep: usize, current: i64) -> Result<()> {
     // Uncommitted leftovers of crashed writes are garbage.
     for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("step_") && name.ends_with(".tmp") {
+        if name.starts_with("step_") && name.ends_with(".tmp") && name != format!("{}.tmp", step_dir_name(current)) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }

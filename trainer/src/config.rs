@@ -126,12 +126,7 @@ impl TrainConfig {
         if self.model_config.is_none() && !PRESET_NAMES.contains(&self.model.as_str()) {
             return Err(ConfigError::invalid("model", &self.model, PRESET_NAMES.join(", ")));
         }
-        let at_least_one = [
-            ("batch_size", self.batch_size),
-            ("steps", self.steps),
-            ("eval_samples", self.eval_samples),
-            ("log_every", self.log_every),
-        ];
+        let at_least_one = [("batch_size", self.batch_size), ("steps", self.steps), ("log_every", self.log_every)];
         for (key, v) in at_least_one {
             if v < 1 {
                 return Err(ConfigError::invalid(key, v, "an integer >= 1"));
@@ -147,6 +142,9 @@ impl TrainConfig {
             if v < 0 {
                 return Err(ConfigError::invalid(key, v, "an integer >= 0"));
             }
+        }
+        if self.eval_samples < 2 {
+            return Err(ConfigError::invalid("eval_samples", self.eval_samples, "an integer >= 2"));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(ConfigError::invalid("lr", self.lr, "a finite number > 0"));

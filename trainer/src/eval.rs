@@ -29,7 +29,7 @@ pub struct EvalReport {
     pub text_to_image_r5: f64,
     /// Text→image recall@10.
     pub text_to_image_r10: f64,
-    /// Mean CLIP loss over held-out batches.
+    /// Mean CLIP loss over held-out batches of `batch_size` pairs (weighted by batch size).
     pub val_loss: f64,
     /// Held-out pairs evaluated.
     pub num_samples: i64,
@@ -74,7 +74,7 @@ pub fn evaluate(
             let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(&texts, ctx as usize), ctx, device);
             let (img, txt) = model.forward(&images_to_tensor(&images, device), &tokens);
             if n > 1 {
-                losses.push(clip_loss_global(&img, &txt, &scale).double_value(&[]));
+                losses.push((n as f64, clip_loss_global(&img, &txt, &scale).double_value(&[])));
             }
             image_feats.push(img.to_kind(Kind::Float));
             text_feats.push(txt.to_kind(Kind::Float));
@@ -104,7 +104,9 @@ pub fn evaluate(
         let diag = Tensor::arange(samples, (Kind::Int64, device));
         let i2t = recall_at(&sims, &diag, &[1, 5, 10]);
         let t2i = recall_at(&sims.tr(), &diag, &[1, 5, 10]);
-        let val_loss = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
+        // Weighted by batch size; `samples >= 2` (validated) guarantees one batch of two or more.
+        let weight: f64 = losses.iter().map(|(n, _)| n).sum();
+        let val_loss = losses.iter().map(|(n, l)| n * l).sum::<f64>() / weight.max(1.0);
         EvalReport {
             zero_shot_top1: zs[0],
             zero_shot_top5: zs[1],

@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod fault;
 pub mod loss;
 pub mod model;
 pub mod optim;

@@ -175,7 +175,7 @@ impl AdamW {
                             dst.size()
                         )));
                     }
-                    let _ = dst.copy_(&src);
+                    dst.copy_(&src);
                 }
             }
             Ok(())

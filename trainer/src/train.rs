@@ -134,6 +134,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         }
     }
 
+    let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
     tch::manual_seed(cfg.seed as i64);
     let mut model = Clip::new(&model_cfg, device)?;
     let mut optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
@@ -145,13 +146,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         position = ck.state.data;
         tracing::info!(checkpoint = %ck.dir.display(), step, epoch = position.epoch, samples_in_epoch = position.samples_in_epoch, "resumed");
     }
+
     std::fs::create_dir_all(&cfg.output).map_err(|source| TrainError::Io { path: cfg.output.clone(), source })?;
     write_json_atomic(&cfg.output.join("config.json"), cfg)?;
 
     let params: i64 = model.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum();
     tracing::info!(model = %cfg.model_config.as_ref().map(|p| p.display().to_string()).unwrap_or(cfg.model.clone()), parameters = params, ?device, batch_size = cfg.batch_size, steps = cfg.steps, "training");
 
-    let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
     let image_size = model_cfg.vision_cfg.image_size as u32;
     let ctx = model_cfg.text_cfg.context_length;
     let mut stream = SyntheticStream::start(
@@ -208,7 +209,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             pb.set_position(step as u64);
         }
 
-        if step % cfg.log_every == 0 || step == cfg.steps {
+        let checkpoint_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step != cfg.steps;
+        if step % cfg.log_every == 0 || step == cfg.steps || checkpoint_now {
             // The only host synchronisation in the loop.
             last_loss = loss.double_value(&[]);
             if !last_loss.is_finite() {
@@ -233,7 +235,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             }
             (window_start, window_wait, window_steps) = (Instant::now(), 0.0, 0);
         }
-        if cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step != cfg.steps {
+        if checkpoint_now {
             let t = Instant::now();
             let dir =
                 checkpoint::save(&cfg.output, &model, &optimizer, &state_at(step, position), cfg.keep_checkpoints)?;

@@ -519,10 +519,17 @@ mod text_clean {
 
     /// ftfy's `remove_control_chars` (keeps tab, LF, form feed and CR).
     fn remove_control_chars(text: &str) -> Cow<'_, str> {
-        let is_control = |c: char| match c {
-            '\0'..='\u{8}' | '\u{b}' | '\u{e}'..='\u{1f}' | '\u{7f}' => true,
-            '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffc}' => true,
-            _ => false,
+        let is_control = |c: char| {
+            matches!(
+                c,
+                '\0'..='\u{8}'
+                    | '\u{b}'
+                    | '\u{e}'..='\u{1f}'
+                    | '\u{7f}'
+                    | '\u{206a}'..='\u{206f}'
+                    | '\u{feff}'
+                    | '\u{fff9}'..='\u{fffc}'
+            )
         };
         if text.contains(is_control) {
             Cow::Owned(text.chars().filter(|&c| !is_control(c)).collect())

@@ -23,8 +23,22 @@ fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Cheap check first (a file in the usual folders); otherwise ask the dynamic loader, which
+/// also knows ld.so.conf and the run path.
 fn libtorch_found() -> bool {
-    search_dirs().iter().any(|d| d.join(PROBE).is_file())
+    if search_dirs().iter().any(|d| d.join(PROBE).is_file()) {
+        return true;
+    }
+    let name = c"libtorch_cpu.so";
+    // SAFETY: dlopen with a valid NUL-terminated name; the handle is closed right away.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            return false;
+        }
+        libc::dlclose(handle);
+    }
+    true
 }
 
 fn main() -> ExitCode {

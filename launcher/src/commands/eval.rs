@@ -22,8 +22,8 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let vocab = args.vocab.clone().or_else(|| cfg.vocab.clone());
     let tokenizer = tokenizer_for(&ck.state.model_config, vocab.as_deref())?;
     let samples = args.samples.unwrap_or(cfg.eval_samples);
-    if samples < 1 {
-        bail!("invalid value {samples} for `--samples`: allowed an integer >= 1");
+    if samples < 2 {
+        bail!("invalid value {samples} for `--samples`: allowed an integer >= 2");
     }
     let data = SyntheticDataset::new(ck.state.model_config.vision_cfg.image_size as u32, cfg.seed);
     let report = evaluate(&model, &data, tokenizer.as_ref(), samples, cfg.batch_size, ck.state.step);

@@ -162,7 +162,8 @@ impl VisionConfig {
 }
 
 impl ClipConfig {
-    /// The tower shapes of OpenCLIP's ViT-B-32 text tower (shared by B-32 and B-16).
+    /// OpenCLIP's text tower for the OpenAI-style presets: 77 tokens, 49,408-token BPE
+    /// vocabulary, 12 layers, with the given width and heads.
     fn openai_text(width: i64, heads: i64) -> TextConfig {
         TextConfig {
             context_length: 77,
@@ -212,9 +213,7 @@ impl ClipConfig {
 
     /// OpenCLIP `ViT-L-14`.
     pub fn vit_l_14() -> Self {
-        let mut text = Self::openai_text(768, 12);
-        text.layers = 12;
-        Self::with_towers(768, Self::vit(224, 24, 1024, 14), text)
+        Self::with_towers(768, Self::vit(224, 24, 1024, 14), Self::openai_text(768, 12))
     }
 
     /// A CPU-sized model for the synthetic data: 64 px images in 8 px patches, 3×128 towers,

@@ -1,0 +1,114 @@
+//! Bad input gives a clear error and a non-zero exit, and overwrites nothing; every
+//! subcommand has help.
+
+use crate::common::{ok, refs, run, snapshot, stderr, tiny_args};
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+#[test]
+fn bad_config_values_name_the_key_and_allowed_values() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("run");
+    let o = out.to_str().expect("utf-8");
+    fails_with(&["train", "--output", o, "--lr-scheduler", "step"], &["lr_scheduler", "cosine, const"]);
+    fails_with(&["train", "--output", o, "--model", "ViT-X-99"], &["model", "ViT-B-32", "tiny"]);
+    fails_with(&["train", "--output", o, "--batch-size", "0"], &["batch_size", ">= 1"]);
+    fails_with(&["train", "--output", o, "--device", "tpu"], &["device", "cuda:N"]);
+    fails_with(&["train", "--output", o, "--lr=-1"], &["lr", "> 0"]);
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "batch_size = 8\nlearnin_rate = 0.1\n").expect("write");
+    fails_with(&["train", "--output", o, "--config", cfg.to_str().expect("utf-8")], &["learnin_rate", "bad.toml"]);
+    std::fs::write(&cfg, "lr_scheduler = \"linear\"\n").expect("write");
+    fails_with(&["train", "--output", o, "--config", cfg.to_str().expect("utf-8")], &["lr_scheduler", "cosine"]);
+    assert!(!out.exists(), "a rejected config must not create the run folder");
+}
+
+#[test]
+fn missing_files_are_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = tmp.path().join("run");
+    let o = o.to_str().expect("utf-8");
+    fails_with(&["train", "--output", o, "--config", "/nonexistent/c.toml"], &["/nonexistent/c.toml"]);
+    fails_with(&["train", "--output", o, "--model-config", "/nonexistent/m.json"], &["/nonexistent/m.json"]);
+    fails_with(&["eval", "--checkpoint", "/nonexistent/run"], &["/nonexistent/run"]);
+    let bad_json = tmp.path().join("m.json");
+    std::fs::write(&bad_json, r#"{"embed_dim": 8, "vision_cfg": {"image_size": 30, "layers": 1, "width": 64, "patch_size": 8}, "text_cfg": {}}"#)
+        .expect("write");
+    fails_with(
+        &["train", "--output", o, "--model-config", bad_json.to_str().expect("utf-8")],
+        &["vision_cfg.image_size", "multiple"],
+    );
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_and_left_untouched() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    ok(run(&refs(&tiny_args(&run_dir, 2, 0))));
+    let weights = run_dir.join("checkpoints/step_2/model.safetensors");
+    let bytes = std::fs::read(&weights).expect("read");
+    std::fs::write(&weights, &bytes[..bytes.len() - 100]).expect("truncate");
+    let before = snapshot(&run_dir);
+
+    fails_with(
+        &["eval", "--checkpoint", run_dir.to_str().expect("utf-8")],
+        &["model.safetensors", "corrupt or truncated"],
+    );
+    let mut args = tiny_args(&run_dir, 4, 0);
+    args.extend(["--resume".to_string(), "latest".to_string()]);
+    fails_with(&refs(&args), &["model.safetensors", "corrupt or truncated"]);
+    assert_eq!(snapshot(&run_dir), before, "a failed command modified the run folder");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
+        vec!["embed", "--help"],
+        vec!["bench", "train", "--help"],
+    ] {
+        let out = ok(run(&args));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+}
+
+#[test]
+fn eval_json_reports_every_metric() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    ok(run(&refs(&tiny_args(&run_dir, 2, 0))));
+    let out = ok(run(&[
+        "eval",
+        "--checkpoint",
+        run_dir.join("checkpoints/step_2").to_str().expect("utf-8"),
+        "--json",
+        "--samples",
+        "40",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in [
+        "zero_shot_top1",
+        "zero_shot_top5",
+        "image_to_text_r1",
+        "image_to_text_r5",
+        "image_to_text_r10",
+        "text_to_image_r1",
+        "text_to_image_r5",
+        "text_to_image_r10",
+        "val_loss",
+    ] {
+        let v = r[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {r}"));
+        assert!(v.is_finite(), "{key} = {v}");
+    }
+    assert_eq!(r["num_samples"], 40);
+    assert_eq!(r["num_classes"], 30);
+}

@@ -1,0 +1,44 @@
+//! Fault injection for the crash tests. Set `CLIPFLEET_FAULT` to one of:
+//! - `exit-after-checkpoint:N`: exit with status 137 right after checkpoint N is committed,
+//!   as if the process had been killed there;
+//! - `stall-in-checkpoint:N`: while writing checkpoint N, after the weights are written and
+//!   before the manifest, print `clipfleet-fault: stalled in checkpoint N` to stderr and
+//!   sleep until killed.
+//!
+//! Unset (the normal case) costs one environment lookup per checkpoint.
+
+/// Where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Inside the checkpoint write, before the commit.
+    InCheckpoint,
+    /// Just after the commit.
+    AfterCheckpoint,
+}
+
+fn configured() -> Option<(String, i64)> {
+    let spec = std::env::var("CLIPFLEET_FAULT").ok()?;
+    let (kind, step) = spec.split_once(':')?;
+    Some((kind.to_string(), step.parse().ok()?))
+}
+
+/// Triggers the configured fault if it matches `point` and `step`.
+pub fn maybe_inject(point: FaultPoint, step: i64) {
+    let Some((kind, at)) = configured() else { return };
+    if at != step {
+        return;
+    }
+    match (kind.as_str(), point) {
+        ("exit-after-checkpoint", FaultPoint::AfterCheckpoint) => {
+            eprintln!("clipfleet-fault: exiting after checkpoint {step}");
+            std::process::exit(137);
+        }
+        ("stall-in-checkpoint", FaultPoint::InCheckpoint) => {
+            eprintln!("clipfleet-fault: stalled in checkpoint {step}");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        _ => {}
+    }
+}
