@@ -194,6 +194,10 @@ pub(crate) struct BenchTrainArgs {
     /// libtorch intra-op threads (0: default).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: i32,
+    /// Also time OpenCLIP's step on the same model, batch and device in this run, with this
+    /// python (which must have open_clip_torch), and print the ratio. fp32 only.
+    #[arg(long, value_name = "PYTHON")]
+    pub(crate) reference_python: Option<std::path::PathBuf>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,

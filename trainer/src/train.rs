@@ -186,7 +186,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let first_step = step;
     let (mut window_start, mut window_wait, mut window_steps) = (Instant::now(), 0.0f64, 0i64);
     let mut last_loss = f64::NAN;
-    let mut last_checkpoint = None;
     while step < cfg.steps {
         seed_step(cfg.seed, step);
         let lr = scheduler.lr(cfg.lr, cfg.warmup, cfg.steps, step);
@@ -236,11 +235,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             (window_start, window_wait, window_steps) = (Instant::now(), 0.0, 0);
         }
         if checkpoint_now {
-            let t = Instant::now();
-            let dir =
-                checkpoint::save(&cfg.output, &model, &optimizer, &state_at(step, position), cfg.keep_checkpoints)?;
-            tracing::info!(step, path = %dir.display(), seconds = format_args!("{:.2}", t.elapsed().as_secs_f64()), "checkpoint");
-            last_checkpoint = Some(dir);
+            commit_checkpoint(cfg, &model, &optimizer, &state_at(step, position))?;
         }
         if cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps {
             let report = evaluate(&model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step);
@@ -251,15 +246,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let samples_per_second = (trained * cfg.batch_size) as f64 / started.elapsed().as_secs_f64().max(1e-9);
     drop(stream);
 
-    let checkpoint = match (trained, last_checkpoint, &resume) {
-        (0, _, Some(ck)) => ck.dir.clone(),
-        _ => {
-            let t = Instant::now();
-            let dir =
-                checkpoint::save(&cfg.output, &model, &optimizer, &state_at(step, position), cfg.keep_checkpoints)?;
-            tracing::info!(step, path = %dir.display(), seconds = format_args!("{:.2}", t.elapsed().as_secs_f64()), "checkpoint");
-            dir
-        }
+    let checkpoint = match (trained, &resume) {
+        (0, Some(ck)) => ck.dir.clone(),
+        _ => commit_checkpoint(cfg, &model, &optimizer, &state_at(step, position))?,
     };
     let eval = evaluate(&model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step);
     log_eval(&eval);
@@ -268,6 +257,15 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         pb.finish_and_clear();
     }
     Ok(TrainSummary { step, last_loss, eval, checkpoint, samples_per_second })
+}
+
+/// Writes and commits a checkpoint, and logs how long it took.
+fn commit_checkpoint(cfg: &TrainConfig, model: &Clip, optimizer: &AdamW, state: &CheckpointState) -> Result<PathBuf> {
+    let t = Instant::now();
+    let dir = checkpoint::save(&cfg.output, model, optimizer, state, cfg.keep_checkpoints)?;
+    let seconds = t.elapsed().as_secs_f64();
+    tracing::info!(step = state.step, path = %dir.display(), seconds = format_args!("{seconds:.2}"), "checkpoint");
+    Ok(dir)
 }
 
 /// Logs an evaluation report.

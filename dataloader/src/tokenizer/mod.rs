@@ -10,6 +10,7 @@
 //! byte-level BPE tokenizer.
 
 pub mod bpe;
+mod clean;
 pub mod word;
 
 pub use bpe::BpeTokenizer;

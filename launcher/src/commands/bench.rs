@@ -1,6 +1,10 @@
 //! `clipfleet bench train`: full training steps on random data already on the device.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
+
+use anyhow::Context;
 
 use clipfleet_trainer::device::resolve_device;
 use clipfleet_trainer::loss::clip_loss_global;
@@ -19,6 +23,38 @@ struct BenchTrainReport {
     steps: i64,
     samples_per_second: f64,
     ms_per_step: f64,
+    /// OpenCLIP's figures from the same run, when `--reference-python` is given.
+    reference: Option<serde_json::Value>,
+    /// clipfleet ÷ OpenCLIP samples per second.
+    ratio: Option<f64>,
+}
+
+/// The OpenCLIP reference script, in the checkout this binary was built from.
+fn reference_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_openclip_train.py")
+}
+
+/// Times OpenCLIP's step on the same model config, batch and device.
+fn run_reference(python: &Path, cfg: &ClipConfig, args: &BenchTrainArgs) -> anyhow::Result<serde_json::Value> {
+    let script = reference_script();
+    anyhow::ensure!(script.is_file(), "reference script {} is missing", script.display());
+    let cfg_path = std::env::temp_dir().join(format!("clipfleet-bench-{}.json", std::process::id()));
+    std::fs::write(&cfg_path, serde_json::to_vec(cfg)?)?;
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--config", &cfg_path.to_string_lossy(), "--device", &args.device.replace("auto", "cpu")])
+        .args(["--batch-size", &args.batch_size.to_string(), "--steps", &args.steps.to_string()])
+        .args(["--warmup", &args.warmup.to_string(), "--threads", &args.threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    let _ = std::fs::remove_file(&cfg_path);
+    anyhow::ensure!(
+        out.status.success(),
+        "the OpenCLIP reference failed: {}",
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim()).context("the OpenCLIP reference printed no JSON")
 }
 
 pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -61,13 +97,23 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     }
     sync();
     let secs = t.elapsed().as_secs_f64();
+    drop(opt);
+    drop(model);
+    let reference = match &args.reference_python {
+        Some(python) => Some(run_reference(python, &cfg, &args)?),
+        None => None,
+    };
+    let samples_per_second = (args.batch_size * args.steps) as f64 / secs;
+    let ratio = reference.as_ref().and_then(|r| r["samples_per_second"].as_f64()).map(|r| samples_per_second / r);
     let report = BenchTrainReport {
         model: args.model.clone(),
         batch_size: args.batch_size,
         device: format!("{device:?}"),
         steps: args.steps,
-        samples_per_second: (args.batch_size * args.steps) as f64 / secs,
+        samples_per_second,
         ms_per_step: 1000.0 * secs / args.steps as f64,
+        reference,
+        ratio,
     };
     if args.json {
         super::print_json(&report)?;
@@ -76,6 +122,14 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
             "clipfleet bench train {} bs={} {}: {:.1} samples/s, {:.1} ms/step (fp32)",
             report.model, report.batch_size, report.device, report.samples_per_second, report.ms_per_step
         );
+        if let (Some(r), Some(ratio)) = (&report.reference, report.ratio) {
+            println!(
+                "reference ({}): {:.1} samples/s, {:.1} ms/step; clipfleet / reference = {ratio:.2}x",
+                r["reference"].as_str().unwrap_or("open_clip"),
+                r["samples_per_second"].as_f64().unwrap_or(f64::NAN),
+                r["ms_per_step"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
     }
     Ok(())
 }
