@@ -136,11 +136,13 @@ impl AdamW {
                 if s.decay && weight_decay != 0.0 {
                     let _ = s.param.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
+                // m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
                 let _ = s.exp_avg.lerp_(&grad, 1.0 - beta1);
-                let _ = s.exp_avg_sq.g_mul_scalar_(beta2);
-                let _ = s.exp_avg_sq.addcmul_(&(&grad * (1.0 - beta2)), &grad);
-                let denom = (s.exp_avg_sq.sqrt() / bias_correction2_sqrt) + eps;
-                let _ = s.param.addcdiv_(&(&s.exp_avg * -step_size), &denom);
+                let _ = s.exp_avg_sq.lerp_(&grad.square(), 1.0 - beta2);
+                // p ← p − (lr/bc₁)·m / (√v/√bc₂ + ε), with one temporary for the denominator.
+                let mut denom = s.exp_avg_sq.sqrt();
+                let _ = denom.g_div_scalar_(bias_correction2_sqrt).g_add_scalar_(eps).g_div_scalar_(-step_size);
+                let _ = s.param.addcdiv_(&s.exp_avg, &denom);
             }
         });
     }
