@@ -232,7 +232,7 @@ mod tests {
             Rgb([c(x * 37 + y * 11), c(x * x + 3 * y * y), c(255 - x * 19 - y * 23)])
         });
         let cases = fixture["cases"].as_array().expect("cases");
-        assert_eq!(cases.len(), 6);
+        assert_eq!(cases.len(), 8);
         for case in cases {
             let num = |v: &serde_json::Value| v.as_f64().expect("number");
             let b: Vec<f64> = case["box"].as_array().expect("box").iter().map(num).collect();
