@@ -194,6 +194,10 @@ pub(crate) struct BenchTrainArgs {
     /// libtorch intra-op threads (0: default).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: i32,
+    /// Peak FLOP/s of the device in TFLOP/s, for the MFU figure. Default on CUDA: 800, the bf16
+    /// matmul peak measured on the reference H100; on the CPU no MFU is printed unless this is set.
+    #[arg(long, value_name = "TFLOPS")]
+    pub(crate) peak_tflops: Option<f64>,
     /// Also time OpenCLIP's step on the same model, batch and device in this run, with this
     /// python (which must have open_clip_torch), and print the ratio. fp32 only.
     #[arg(long, value_name = "PYTHON")]

@@ -112,3 +112,31 @@ fn eval_json_reports_every_metric() {
     assert_eq!(r["num_samples"], 40);
     assert_eq!(r["num_classes"], 30);
 }
+
+#[test]
+fn bench_train_json_reports_throughput_flops_and_memory() {
+    let out = ok(run(&[
+        "bench",
+        "train",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        "--peak-tflops",
+        "1",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["samples_per_second", "ms_per_step", "tflops", "mfu"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{key} in {r}");
+    }
+    // 3 × (image + text) forward FLOPs of the tiny preset, from the analytic count.
+    assert!((r["train_gflops_per_sample"].as_f64().expect("flops") - 0.3771).abs() < 1e-3, "{r}");
+    assert!(r["peak_memory_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{r}");
+}

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use clipfleet_trainer::device::resolve_device;
 use clipfleet_trainer::loss::clip_loss_global;
+use clipfleet_trainer::model::flops::train_flops_per_sample;
 use clipfleet_trainer::model::{Clip, ClipConfig};
 use clipfleet_trainer::optim::{AdamW, AdamWConfig};
 use serde::Serialize;
@@ -23,10 +24,34 @@ struct BenchTrainReport {
     steps: i64,
     samples_per_second: f64,
     ms_per_step: f64,
+    /// Analytic training FLOPs per sample (3× the forward pass, OpenCLIP's model profile).
+    train_gflops_per_sample: f64,
+    /// Achieved TFLOP/s.
+    tflops: f64,
+    /// The peak used for MFU, if any.
+    peak_tflops: Option<f64>,
+    /// Model FLOPs utilisation: achieved ÷ peak.
+    mfu: Option<f64>,
+    /// Peak memory in bytes: the process's peak resident set on the CPU. On CUDA this needs
+    /// libtorch's allocator statistics, which tch does not bind; it is null there for now.
+    peak_memory_bytes: Option<u64>,
     /// OpenCLIP's figures from the same run, when `--reference-python` is given.
     reference: Option<serde_json::Value>,
     /// clipfleet ÷ OpenCLIP samples per second.
     ratio: Option<f64>,
+}
+
+/// The process's peak resident set size (`getrusage`).
+fn peak_rss_bytes() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer we own.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call above; ru_maxrss is in KiB on Linux.
+    let kib = unsafe { usage.assume_init() }.ru_maxrss;
+    u64::try_from(kib).ok().map(|k| k * 1024)
 }
 
 /// The OpenCLIP reference script, in the checkout this binary was built from.
@@ -104,6 +129,13 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         None => None,
     };
     let samples_per_second = (args.batch_size * args.steps) as f64 / secs;
+    let flops = train_flops_per_sample(&cfg);
+    let tflops = flops * samples_per_second / 1e12;
+    let peak_tflops = args.peak_tflops.or(matches!(device, Device::Cuda(_)).then_some(800.0));
+    let peak_memory_bytes = match device {
+        Device::Cpu => peak_rss_bytes(),
+        _ => None,
+    };
     let ratio = reference.as_ref().and_then(|r| r["samples_per_second"].as_f64()).map(|r| samples_per_second / r);
     let report = BenchTrainReport {
         model: args.model.clone(),
@@ -112,15 +144,30 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         steps: args.steps,
         samples_per_second,
         ms_per_step: 1000.0 * secs / args.steps as f64,
+        train_gflops_per_sample: flops / 1e9,
+        tflops,
+        peak_tflops,
+        mfu: peak_tflops.map(|p| tflops / p),
+        peak_memory_bytes,
         reference,
         ratio,
     };
     if args.json {
         super::print_json(&report)?;
     } else {
+        let memory = report
+            .peak_memory_bytes
+            .map(|b| format!("peak RSS {:.2} GiB", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_else(|| "peak memory n/a on this device".into());
+        let mfu = report.mfu.map(|m| format!(", MFU {:.1}%", 100.0 * m)).unwrap_or_default();
         println!(
-            "clipfleet bench train {} bs={} {}: {:.1} samples/s, {:.1} ms/step (fp32)",
-            report.model, report.batch_size, report.device, report.samples_per_second, report.ms_per_step
+            "clipfleet bench train {} bs={} {}: {:.1} samples/s, {:.1} ms/step, {:.2} TFLOP/s{mfu}, {memory} (fp32)",
+            report.model,
+            report.batch_size,
+            report.device,
+            report.samples_per_second,
+            report.ms_per_step,
+            report.tflops
         );
         if let (Some(r), Some(ratio)) = (&report.reference, report.ratio) {
             println!(

@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod flops;
 pub mod text;
 pub mod transformer;
 pub mod vision;
