@@ -109,7 +109,6 @@ fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> R
 /// Trains one process on the synthetic data according to `cfg`.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
-    let _span = tracing::info_span!("worker", rank = 0).entered();
     let device = resolve_device(&cfg.device)?;
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
