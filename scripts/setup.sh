@@ -12,9 +12,10 @@ WITH_TEST=0
 say() { echo "setup: $*" >&2; }
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-# 1. Debian packages for the build (C/C++ toolchain for torch-sys, pkg-config, python venv).
+# 1. Debian packages for the build (C/C++ toolchain for torch-sys, cmake and nasm for the bundled
+#    libjpeg-turbo of the turbojpeg crate, pkg-config, python venv).
 need_pkgs=()
-for pkg in build-essential pkg-config python3-venv python3-pip ca-certificates; do
+for pkg in build-essential pkg-config cmake nasm python3-venv python3-pip ca-certificates; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 # python3-venv/pip are only needed when this python3 cannot make a venv with pip by itself.
@@ -39,10 +40,11 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.
   say "installing torch==2.11.0 into .venv (about 4.6 GB)"
   "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" torch==2.11.0
 fi
-if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import open_clip, safetensors, numpy, PIL, sys; sys.exit(PIL.__version__ != "12.3.0")' 2>/dev/null; then
-  say "installing the test oracles (open_clip_torch 3.3.0, torchvision 0.26.0) into .venv"
+if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import open_clip, safetensors, numpy, webdataset, pyarrow, moto, PIL, sys; sys.exit(PIL.__version__ != "12.3.0")' 2>/dev/null; then
+  say "installing the test oracles (open_clip_torch 3.3.0, webdataset, pyarrow, moto) into .venv"
   "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
-    torch==2.11.0 torchvision==0.26.0 open_clip_torch==3.3.0 pillow==12.3.0 safetensors numpy
+    torch==2.11.0 torchvision==0.26.0 open_clip_torch==3.3.0 pillow==12.3.0 safetensors numpy \
+    webdataset pyarrow 'moto[server]'
 fi
 # OpenCLIP's BPE vocabulary ships inside the open_clip_torch wheel; keep a copy in .cache/.
 VOCAB=$ROOT/.cache/bpe_simple_vocab_16e6.txt.gz

@@ -43,4 +43,70 @@ pub enum DataError {
         /// The values that would have been accepted.
         allowed: String,
     },
+    /// A shard pattern or source list is malformed (unbalanced braces, an empty source).
+    #[error("bad shard pattern {pattern:?}: {reason}")]
+    ShardPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `sizes.json` is unreadable, malformed, or lacks some shards.
+    #[error("sizes.json {url}: {reason}")]
+    SizesJson {
+        /// Where the `sizes.json` was looked for.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An object store request failed in a way that retrying cannot fix.
+    #[error("reading {url}: {reason}")]
+    Store {
+        /// The shard URL.
+        url: String,
+        /// What failed (never includes credentials).
+        reason: String,
+    },
+    /// The object does not exist (HTTP 404); not retried.
+    #[error("{url}: not found")]
+    NotFound {
+        /// The shard URL.
+        url: String,
+    },
+    /// Access to the object was refused (HTTP 401/403); not retried.
+    #[error("{url}: access denied (check the credentials in the environment)")]
+    Forbidden {
+        /// The shard URL.
+        url: String,
+    },
+    /// A transient error persisted through every retry.
+    #[error("reading {url}: gave up after {attempts} attempts at byte {offset}: {last}")]
+    RetriesExhausted {
+        /// The shard URL.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The byte offset the reader was trying to resume from.
+        offset: u64,
+        /// The last error seen.
+        last: String,
+    },
+    /// A source's schema is wrong as a whole (e.g. a Parquet file without its image or caption
+    /// column); fatal for that source.
+    #[error("bad schema in {url}: {reason}")]
+    Schema {
+        /// The source URL.
+        url: String,
+        /// What is wrong, with the columns found and the ones expected.
+        reason: String,
+    },
+    /// A Parquet file's footer or pages could not be fetched or decoded.
+    #[error("reading parquet {url}: {source}")]
+    Parquet {
+        /// The shard URL.
+        url: String,
+        /// The underlying Parquet (or object store) error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
 }

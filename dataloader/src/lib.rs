@@ -8,11 +8,18 @@
 //! of those numbers, whatever the number of threads or ranks.
 
 pub mod batch;
+pub mod decode;
 pub mod error;
+pub mod parquet_reader;
 pub mod rng;
+pub mod sample;
 pub mod sampling;
+pub mod shards;
+pub mod skip;
+pub mod store;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod transform;
+pub mod webdataset;
 
 pub use error::DataError;

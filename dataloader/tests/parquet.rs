@@ -1,0 +1,270 @@
+//! The Parquet reader against img2dataset-layout files written by pyarrow.
+//!
+//! Fixtures and `expected.json` come from `tests/fixtures/parquet/gen_parquet_fixtures.py`
+//! (pyarrow 26.0.1 and Pillow): expected.json holds what pyarrow reads back from each file,
+//! and every comparison here is exact (keys, captions, image bytes, counts).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clipfleet_dataloader::parquet_reader::{
+    parquet_num_rows_blocking, read_all_blocking, ParquetColumns, ParquetReadOptions, ParquetRow, ParquetShardReader,
+};
+use clipfleet_dataloader::skip::{SkipCounts, SkipReason};
+use clipfleet_dataloader::DataError;
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde_json::Value;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet")
+}
+
+fn store_at(dir: &std::path::Path) -> Arc<dyn ObjectStore> {
+    Arc::new(LocalFileSystem::new_with_prefix(dir).expect("fixture dir exists"))
+}
+
+fn url(name: &str) -> String {
+    format!("file://{}", fixture_dir().join(name).display())
+}
+
+fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).expect("expected.json");
+    let all: Value = serde_json::from_str(&text).expect("expected.json parses");
+    all[name].clone()
+}
+
+fn read(name: &str, options: &ParquetReadOptions) -> Result<Vec<ParquetRow>, DataError> {
+    read_all_blocking(store_at(&fixture_dir()), Path::from(name), &url(name), options)
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+fn with_columns(image: &str, caption: Option<&str>, key: Option<&str>) -> ParquetReadOptions {
+    ParquetReadOptions {
+        columns: ParquetColumns {
+            image: image.to_string(),
+            caption: caption.map(str::to_string),
+            key: key.map(str::to_string),
+        },
+        ..ParquetReadOptions::default()
+    }
+}
+
+/// Asserts that `rows` are exactly pyarrow's rows of `name` (all expected to be valid).
+fn assert_matches_pyarrow(name: &str, rows: &[ParquetRow], format: &str, key_of: impl Fn(usize, &Value) -> String) {
+    let exp = expected(name);
+    let exp_rows = exp["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), exp_rows.len(), "{name}: row count");
+    for (i, (row, e)) in rows.iter().zip(exp_rows).enumerate() {
+        let pair = row.as_ref().unwrap_or_else(|r| panic!("{name} row {i} skipped: {r}"));
+        assert_eq!(pair.key, key_of(i, e), "{name} row {i} key");
+        assert_eq!(pair.caption, e["caption"].as_str().expect("caption"), "{name} row {i} caption");
+        assert_eq!(pair.image, unhex(e["image_hex"].as_str().expect("hex")), "{name} row {i} image bytes");
+        assert_eq!(pair.image_format, format);
+        assert_eq!(pair.shard, url(name));
+        assert_eq!(pair.label, None);
+    }
+}
+
+#[test]
+fn normal_file_matches_pyarrow_across_row_groups_and_batch_sizes() {
+    assert_eq!(expected("normal.parquet")["num_row_groups"], 2, "the fixture must span row groups");
+    for batch_size in [1, 2, 3, 4, 1024] {
+        let options = ParquetReadOptions { batch_size, ..ParquetReadOptions::default() };
+        let rows = read("normal.parquet", &options).expect("normal.parquet reads");
+        assert_matches_pyarrow("normal.parquet", &rows, "jpg", |_, e| e["key"].as_str().expect("key").to_string());
+    }
+}
+
+#[tokio::test]
+async fn projection_fetches_only_image_caption_and_key() {
+    let name = "normal.parquet";
+    let mut reader =
+        ParquetShardReader::open(store_at(&fixture_dir()), Path::from(name), url(name), &ParquetReadOptions::default())
+            .await
+            .expect("opens");
+    let projected: Vec<&str> = reader.projected_schema().fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(projected, ["key", "caption", "jpg"], "projected schema, in file order");
+    assert_eq!(reader.metadata().num_row_groups(), 2);
+    let mut fetched_per_row = Vec::new();
+    while let Some(row) = reader.next_row().await.expect("reads") {
+        row.expect("valid row");
+        fetched_per_row.push(reader.bytes_read());
+    }
+    assert_eq!(fetched_per_row.len(), 6);
+
+    // Only the projected column chunks and the footer may be fetched. The footer's 8-byte tail
+    // (length and magic) is fetched twice: once to learn the footer length, then with it.
+    let bytes = std::fs::read(fixture_dir().join(name)).expect("fixture");
+    let len = bytes.len();
+    let footer_len = u64::from(u32::from_le_bytes(bytes[len - 8..len - 4].try_into().expect("4 bytes")));
+    let (mut projected_bytes, mut other_bytes) = (0u64, 0u64);
+    let mut first_group_bytes = 0u64;
+    for (g, rg) in reader.metadata().row_groups().iter().enumerate() {
+        for col in rg.columns() {
+            if ["key", "caption", "jpg"].contains(&col.column_path().string().as_str()) {
+                projected_bytes += col.byte_range().1;
+                if g == 0 {
+                    first_group_bytes += col.byte_range().1;
+                }
+            } else {
+                other_bytes += col.byte_range().1;
+            }
+        }
+    }
+    assert!(other_bytes > 20_000, "the unprojected columns (mostly exif) are half the file ({other_bytes} bytes)");
+    assert_eq!(4 + projected_bytes + other_bytes + footer_len + 8, len as u64, "the file is chunks and footer");
+    let fetched = reader.bytes_read();
+    assert_eq!(fetched, projected_bytes + footer_len + 16, "fetched {fetched} bytes of {len}");
+    // Row groups stream one at a time: rows 0-2 came from the first group's chunks alone.
+    assert_eq!(fetched_per_row[..3], [first_group_bytes + footer_len + 16; 3]);
+    assert_eq!(fetched_per_row[3..], [fetched; 3]);
+}
+
+#[test]
+fn null_image_and_missing_captions_are_skipped_and_counted() {
+    let name = "null_rows.parquet";
+    let rows = read(name, &ParquetReadOptions::default()).expect("reads");
+    let exp = expected(name);
+    let exp_rows = exp["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), exp_rows.len());
+    let counts = SkipCounts::default();
+    let mut valid = Vec::new();
+    for (row, e) in rows.iter().zip(exp_rows) {
+        // The image decides first: a row with neither image nor caption is a missing image.
+        let want = if e["image_hex"].is_null() {
+            Err(SkipReason::MissingImage)
+        } else if e["caption"].as_str().is_none_or(|c| c.trim().is_empty()) {
+            Err(SkipReason::MissingCaption)
+        } else {
+            Ok(e["key"].as_str().expect("key"))
+        };
+        match row {
+            Ok(pair) => {
+                assert_eq!(Ok(pair.key.as_str()), want);
+                assert_eq!(pair.caption, e["caption"].as_str().expect("caption"));
+                valid.push(pair.key.clone());
+            }
+            Err(reason) => {
+                assert_eq!(Err(*reason), want, "row {}", e["key"]);
+                counts.record(*reason);
+            }
+        }
+    }
+    assert_eq!(valid, ["000010000", "000010005"]);
+    assert_eq!(counts.get(SkipReason::MissingImage), 2);
+    assert_eq!(counts.get(SkipReason::MissingCaption), 2);
+    assert_eq!(counts.total(), 4);
+}
+
+#[test]
+fn caption_falls_back_to_txt_and_keys_fall_back_to_row_numbers() {
+    let name = "txt_caption.parquet";
+    assert!(!expected(name)["columns"].as_array().expect("columns").contains(&Value::from("caption")));
+    let rows = read(name, &ParquetReadOptions::default()).expect("reads");
+    assert_matches_pyarrow(name, &rows, "jpg", |i, _| format!("{name}#{i}"));
+
+    // Naming the column explicitly reads the same rows.
+    let rows = read(name, &with_columns("jpg", Some("txt"), None)).expect("reads");
+    assert_matches_pyarrow(name, &rows, "jpg", |i, _| format!("{name}#{i}"));
+}
+
+#[test]
+fn custom_image_caption_and_key_columns() {
+    let name = "custom_png.parquet";
+    let options = with_columns("png", Some("prompt"), Some("id"));
+    let rows = read(name, &options).expect("reads");
+    assert_matches_pyarrow(name, &rows, "png", |_, e| e["key"].as_str().expect("key").to_string());
+    assert!(rows.iter().flatten().all(|p| p.image.starts_with(b"\x89PNG")));
+}
+
+#[tokio::test]
+async fn custom_projection_leaves_out_the_default_caption() {
+    let name = "custom_png.parquet";
+    let options = with_columns("png", Some("prompt"), Some("id"));
+    let reader =
+        ParquetShardReader::open(store_at(&fixture_dir()), Path::from(name), url(name), &options).await.expect("opens");
+    let projected: Vec<&str> = reader.projected_schema().fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(projected, ["id", "prompt", "png"]);
+    let rows: Vec<_> = reader.into_stream().collect().await;
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| matches!(r, Ok(Ok(p)) if p.caption.starts_with("png prompt"))));
+}
+
+fn schema_error(name: &str, options: &ParquetReadOptions) -> String {
+    match read(name, options) {
+        Err(e @ DataError::Schema { .. }) => e.to_string(),
+        other => panic!("{name}: expected a schema error, got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_schema_is_a_clear_error_naming_url_found_and_expected_columns() {
+    let msg = schema_error("wrong_schema.parquet", &ParquetReadOptions::default());
+    assert!(msg.contains(&url("wrong_schema.parquet")), "{msg}");
+    assert!(msg.contains("no image column `jpg`"), "{msg}");
+    assert!(msg.contains("columns found: [key: Utf8, caption: Utf8, url: Utf8]"), "{msg}");
+
+    let msg = schema_error("normal.parquet", &with_columns("url", None, None));
+    assert!(msg.contains("image column `url` is Utf8, expected binary"), "{msg}");
+
+    let msg = schema_error("normal.parquet", &with_columns("jpg", Some("alt_text"), None));
+    assert!(msg.contains(r#"no caption column (expected one of ["alt_text"])"#), "{msg}");
+}
+
+#[test]
+fn missing_caption_candidates_and_named_key_are_schema_errors() {
+    // custom_png has `prompt` and `caption` but the default candidates are caption, txt: fine.
+    assert!(read("custom_png.parquet", &with_columns("png", None, None)).is_ok());
+
+    let msg = schema_error("custom_png.parquet", &with_columns("png", Some("txt"), None));
+    assert!(msg.contains(r#"expected one of ["txt"]"#), "{msg}");
+    assert!(msg.contains("png: LargeBinary"), "{msg}");
+
+    let msg = schema_error("normal.parquet", &with_columns("jpg", None, Some("uid")));
+    assert!(msg.contains("no key column `uid`"), "{msg}");
+}
+
+#[test]
+fn row_count_comes_from_the_footer_alone() {
+    for name in ["normal.parquet", "null_rows.parquet", "txt_caption.parquet", "custom_png.parquet"] {
+        let n = parquet_num_rows_blocking(store_at(&fixture_dir()), Path::from(name), &url(name)).expect("count");
+        assert_eq!(n, expected(name)["num_rows"].as_u64().expect("num_rows"), "{name}");
+    }
+
+    // Zero every byte between the leading magic and the footer: the count must not notice.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bytes = std::fs::read(fixture_dir().join("normal.parquet")).expect("fixture");
+    let len = bytes.len();
+    let footer_len = u32::from_le_bytes(bytes[len - 8..len - 4].try_into().expect("4 bytes")) as usize;
+    bytes[4..len - 8 - footer_len].fill(0);
+    std::fs::write(dir.path().join("zeroed.parquet"), &bytes).expect("write");
+    let store = store_at(dir.path());
+    let n = parquet_num_rows_blocking(Arc::clone(&store), Path::from("zeroed.parquet"), "zeroed").expect("count");
+    assert_eq!(n, 6);
+    // ...while reading the rows does fail, with the URL in the message.
+    let err = read_all_blocking(store, Path::from("zeroed.parquet"), "file:///zeroed", &ParquetReadOptions::default())
+        .expect_err("data pages are gone");
+    assert!(matches!(err, DataError::Parquet { .. }), "{err:?}");
+    assert!(err.to_string().contains("file:///zeroed"), "{err}");
+}
+
+#[test]
+fn missing_file_and_bad_arguments_are_errors() {
+    let err = read("absent.parquet", &ParquetReadOptions::default()).expect_err("absent");
+    assert!(err.to_string().contains("absent.parquet"), "{err}");
+
+    let options = ParquetReadOptions { batch_size: 0, ..ParquetReadOptions::default() };
+    assert!(matches!(read("normal.parquet", &options), Err(DataError::InvalidArgument { name: "batch_size", .. })));
+}
+
+#[tokio::test]
+async fn blocking_helpers_refuse_to_run_inside_a_runtime() {
+    let err = read("normal.parquet", &ParquetReadOptions::default()).expect_err("inside a runtime");
+    assert!(err.to_string().contains("inside a tokio runtime"), "{err}");
+}
