@@ -39,6 +39,22 @@ pub(crate) enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Tokenize captions with OpenCLIP's BPE tokenizer: one JSON array of ids per text, one per line.
+    Tokenize(TokenizeArgs),
+}
+
+/// `clipfleet tokenize`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenizeArgs {
+    /// The BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); default: CLIPFLEET_BPE_VOCAB, then .cache/ of the checkout.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vocab: Option<PathBuf>,
+    /// Tokens per text, sot and eot included; longer texts are truncated with eot forced last.
+    #[arg(long, default_value_t = 77)]
+    pub(crate) context_length: usize,
+    /// The texts.
+    #[arg(required = true)]
+    pub(crate) texts: Vec<String>,
 }
 
 /// `clipfleet train`.

@@ -140,3 +140,15 @@ fn bench_train_json_reports_throughput_flops_and_memory() {
     assert!((r["train_gflops_per_sample"].as_f64().expect("flops") - 0.3771).abs() < 1e-3, "{r}");
     assert!(r["peak_memory_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{r}");
 }
+
+#[test]
+fn tokenize_prints_open_clip_ids() {
+    // open_clip.tokenize(["a photo of a cat"], context_length=10) in open_clip 3.3.0.
+    let out = ok(run(&["tokenize", "--context-length", "10", "a photo of a cat", "A  PHOTO of a cat!"]));
+    let lines: Vec<Vec<i64>> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON array")).collect();
+    assert_eq!(lines[0], vec![49406, 320, 1125, 539, 320, 2368, 49407, 0, 0, 0]);
+    assert_eq!(&lines[1][..6], &[49406, 320, 1125, 539, 320, 2368]);
+    assert_eq!(lines[1].len(), 10);
+    fails_with(&["tokenize", "--vocab", "/nonexistent/bpe.txt.gz", "x"], &["/nonexistent/bpe.txt.gz"]);
+}
