@@ -14,6 +14,7 @@ pub mod parquet_reader;
 pub mod rng;
 pub mod sample;
 pub mod sampling;
+pub mod shard_writer;
 pub mod shards;
 pub mod skip;
 pub mod store;

@@ -41,6 +41,9 @@ pub(crate) enum Command {
     Bench(BenchCommand),
     /// Tokenize captions with OpenCLIP's BPE tokenizer: one JSON array of ids per text, one per line.
     Tokenize(TokenizeArgs),
+    /// Make datasets of shards (WebDataset tars or img2dataset Parquet) and inspect them.
+    #[command(subcommand)]
+    Shards(ShardsCommand),
 }
 
 /// `clipfleet tokenize`.
@@ -221,4 +224,93 @@ pub(crate) struct BenchTrainArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ShardsCommand {
+    /// Write a dataset of WebDataset tars or img2dataset Parquet files, with a `sizes.json`.
+    ///
+    /// N samples per shard. The input is the synthetic generator (`--synthetic N`) or a folder of images
+    /// with a CSV/TSV of `filepath,caption` (`--images-dir DIR --captions FILE`). Bad input (a
+    /// missing or undecodable image, a malformed row, an empty caption) stops it with an error
+    /// naming the file and line; shards are renamed into place only once complete.
+    ///
+    /// Example: `clipfleet shards make --synthetic 1000 --samples-per-shard 100 --output data/`
+    Make(ShardsMakeArgs),
+    /// Read every sample of some shards, decode it, and count valid samples and skips by reason.
+    ///
+    /// Exits 0 even when samples are skipped; non-zero only for usage errors (no shard found,
+    /// a bad `--caption`).
+    ///
+    /// Example: `clipfleet shards inspect 'data/shard-{000000..000009}.tar' --json`
+    Inspect(ShardsInspectArgs),
+}
+
+/// Shard layout written by `clipfleet shards make`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShardFormatArg {
+    /// WebDataset tars: `<key>.jpg`, `<key>.txt`, `<key>.json` (and `<key>.cls` with a label).
+    Wds,
+    /// img2dataset Parquet: columns `key`, `caption`, `width`, `height` and the image bytes in a column named after its format (`jpg`).
+    Parquet,
+}
+
+/// `clipfleet shards make`.
+#[derive(Debug, Args)]
+pub(crate) struct ShardsMakeArgs {
+    /// The output folder (created if missing); shards and `sizes.json` are written into it.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
+    /// Shard layout: `wds` (WebDataset tars) or `parquet` (img2dataset layout).
+    #[arg(long, value_enum, default_value_t = ShardFormatArg::Wds)]
+    pub(crate) format: ShardFormatArg,
+    /// Samples per shard; the last shard may hold fewer.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub(crate) samples_per_shard: u64,
+    /// Shard names are PREFIX-000000.tar, PREFIX-000001.tar, ... (PREFIX-000000.parquet for Parquet).
+    #[arg(long, value_name = "NAME", default_value = "shard")]
+    pub(crate) prefix: String,
+    /// JPEG quality (1-100) of the synthetic images; files from --images-dir are copied as they are.
+    #[arg(long, value_name = "Q", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub(crate) jpeg_quality: u8,
+    /// Write N samples of the built-in synthetic dataset (training split, not augmented), JPEG-encoded, labels in `.cls`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["images_dir", "captions"], required_unless_present = "images_dir")]
+    pub(crate) synthetic: Option<u64>,
+    /// Side of the synthetic images, in pixels.
+    #[arg(long, value_name = "PIXELS", default_value_t = 64, requires = "synthetic")]
+    pub(crate) image_size: u32,
+    /// Seed of the synthetic dataset.
+    #[arg(long, default_value_t = 0, requires = "synthetic")]
+    pub(crate) seed: u64,
+    /// Folder of images (jpg, jpeg, png, webp); the paths in --captions are relative to it.
+    #[arg(long, value_name = "DIR", requires = "captions")]
+    pub(crate) images_dir: Option<PathBuf>,
+    /// CSV (`.csv`) or TSV (`.tsv`, `.txt`) file with a header naming the columns `filepath` and `caption`, like CC3M's; one sample per row, in order.
+    #[arg(long, value_name = "FILE", requires = "images_dir")]
+    pub(crate) captions: Option<PathBuf>,
+    /// Print one JSON object on stdout: {"shards": n, "samples": n, "output": DIR}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `clipfleet shards inspect`.
+#[derive(Debug, Args)]
+pub(crate) struct ShardsInspectArgs {
+    /// Shard URLs or paths: local, s3://, gs://, az://, http(s)://. Braces are expanded
+    /// (`shard-{000000..000009}.tar`) and `::` joins several sources. `.parquet` files are read
+    /// as img2dataset Parquet, everything else as WebDataset tars.
+    #[arg(required = true, value_name = "URL")]
+    pub(crate) urls: Vec<String>,
+    /// Print one JSON object on stdout: {"shards": n, "samples": n, "skipped": {"reason": n, ...}}.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Where a WebDataset caption comes from: `txt` (the `.txt` member) or `json:FIELD` (a string field of the `.json` member).
+    #[arg(long, value_name = "txt|json:FIELD", default_value = "txt")]
+    pub(crate) caption: String,
+    /// Parquet: the binary image column; its name is the image format.
+    #[arg(long, value_name = "NAME", default_value = "jpg")]
+    pub(crate) image_column: String,
+    /// Parquet: the caption column (default: `caption`, else `txt`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) caption_column: Option<String>,
 }

@@ -6,3 +6,4 @@ mod common;
 mod crash;
 mod embed;
 mod resume;
+mod shards;

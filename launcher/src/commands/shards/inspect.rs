@@ -1,0 +1,150 @@
+//! `clipfleet shards inspect`: read every sample of some shards, decode it, and count the
+//! valid samples and the skips by reason.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use clipfleet_dataloader::decode::{decode_rgb, DEFAULT_MAX_PIXELS};
+use clipfleet_dataloader::parquet_reader::{ParquetColumns, ParquetReadOptions, ParquetShardReader};
+use clipfleet_dataloader::sample::EncodedPair;
+use clipfleet_dataloader::shards::parse_sources;
+use clipfleet_dataloader::skip::{SkipCounts, SkipReason};
+use clipfleet_dataloader::store::{ShardStore, ShardStoreOptions};
+use clipfleet_dataloader::webdataset::{to_pair, CaptionSource, TarSamples};
+use clipfleet_dataloader::DataError;
+
+use crate::cli::ShardsInspectArgs;
+use crate::commands::print_json;
+
+/// What one shard held.
+#[derive(Debug, Default)]
+struct ShardReport {
+    samples: u64,
+    skipped: SkipCounts,
+    /// The shard does not exist.
+    not_found: bool,
+}
+
+impl ShardReport {
+    /// Counts one row: a valid sample when its image decodes, else a skip.
+    fn record(&mut self, row: Result<EncodedPair, SkipReason>) {
+        match row.and_then(|pair| decode_rgb(&pair.image, &pair.image_format, None, DEFAULT_MAX_PIXELS)) {
+            Ok(_) => self.samples += 1,
+            Err(reason) => self.skipped.record(reason),
+        }
+    }
+
+    /// Counts a shard that could not be read (further).
+    fn unreadable(&mut self, url: &str, err: &DataError) {
+        tracing::warn!(shard = url, error = %err, "unreadable shard");
+        self.not_found = matches!(err, DataError::NotFound { .. });
+        self.skipped.record(SkipReason::UnreadableShard);
+    }
+}
+
+pub(super) fn run(args: ShardsInspectArgs) -> anyhow::Result<()> {
+    let caption = parse_caption(&args.caption)?;
+    let mut urls = Vec::new();
+    for spec in &args.urls {
+        for source in parse_sources(spec, None).with_context(|| format!("expanding {spec:?}"))? {
+            urls.extend(source.urls);
+        }
+    }
+    if urls.is_empty() {
+        bail!("no shard URL in {:?}", args.urls);
+    }
+    let parquet = ParquetReadOptions {
+        columns: ParquetColumns { image: args.image_column.clone(), caption: args.caption_column.clone(), key: None },
+        ..ParquetReadOptions::default()
+    };
+    let store = ShardStore::new(ShardStoreOptions::default()).context("starting the shard store")?;
+    let mut reports = Vec::with_capacity(urls.len());
+    for url in &urls {
+        let report =
+            if is_parquet(url) { inspect_parquet(&store, url, &parquet) } else { inspect_tar(&store, url, &caption) };
+        if !args.json {
+            println!("{url}: {} samples{}", report.samples, skips_text(&report.skipped.snapshot()));
+        }
+        reports.push(report);
+    }
+    if reports.iter().all(|r| r.not_found) {
+        bail!("no shard found: none of the {} URL(s) from {:?} exists", urls.len(), args.urls);
+    }
+    let samples: u64 = reports.iter().map(|r| r.samples).sum();
+    let mut skipped: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for report in &reports {
+        for (reason, n) in report.skipped.snapshot() {
+            *skipped.entry(reason).or_default() += n;
+        }
+    }
+    if args.json {
+        print_json(&serde_json::json!({ "shards": urls.len(), "samples": samples, "skipped": skipped }))?;
+    } else {
+        println!("total: {} shard(s), {samples} samples{}", urls.len(), skips_text(&skipped));
+    }
+    Ok(())
+}
+
+fn parse_caption(value: &str) -> anyhow::Result<CaptionSource> {
+    match value.split_once(':') {
+        None if value == "txt" => Ok(CaptionSource::Txt),
+        Some(("json", field)) if !field.is_empty() => Ok(CaptionSource::Json { field: field.to_string() }),
+        _ => bail!("invalid value {value:?} for `--caption`: allowed `txt` or `json:FIELD` (e.g. json:caption)"),
+    }
+}
+
+fn is_parquet(url: &str) -> bool {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.to_ascii_lowercase().ends_with(".parquet")
+}
+
+fn skips_text(skipped: &BTreeMap<&'static str, u64>) -> String {
+    if skipped.is_empty() {
+        return ", no skips".to_string();
+    }
+    let parts: Vec<String> = skipped.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
+    format!(", skipped {}", parts.join(" "))
+}
+
+fn inspect_tar(store: &ShardStore, url: &str, caption: &CaptionSource) -> ShardReport {
+    let mut report = ShardReport::default();
+    let reader = match store.open(url) {
+        Ok(reader) => reader,
+        Err(err) => {
+            report.unreadable(url, &err);
+            return report;
+        }
+    };
+    for item in TarSamples::new(reader, url) {
+        match item {
+            Ok(sample) => report.record(to_pair(sample, url, caption)),
+            Err(err) => {
+                tracing::warn!(shard = url, error = %err, "shard ends early");
+                report.skipped.record(err.reason);
+            }
+        }
+    }
+    report
+}
+
+fn inspect_parquet(store: &ShardStore, url: &str, options: &ParquetReadOptions) -> ShardReport {
+    let mut report = ShardReport::default();
+    let (object_store, path) = match store.resolve(url) {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            report.unreadable(url, &err);
+            return report;
+        }
+    };
+    let read = store.runtime().block_on(async {
+        let mut reader = ParquetShardReader::open(object_store, path, url, options).await?;
+        while let Some(row) = reader.next_row().await? {
+            report.record(row);
+        }
+        Ok::<(), DataError>(())
+    });
+    if let Err(err) = read {
+        report.unreadable(url, &err);
+    }
+    report
+}
