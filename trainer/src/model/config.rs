@@ -219,20 +219,17 @@ impl ClipConfig {
     /// A CPU-sized model for the synthetic data: 64 px images in 8 px patches, 3×128 towers,
     /// and the 512-word synthetic vocabulary with 32-token captions.
     pub fn tiny() -> Self {
-        let mut text = Self::openai_text(128, 2);
-        text.layers = 3;
-        text.vocab_size = 512;
-        text.context_length = 32;
-        Self::with_towers(128, Self::vit(64, 3, 128, 8), text)
+        Self::with_towers(128, Self::vit(64, 3, 128, 8), Self::synthetic_text(128, 2, 3))
     }
 
     /// A larger CPU model for the synthetic data: 64 px images, 6×256 towers.
     pub fn small() -> Self {
-        let mut text = Self::openai_text(256, 4);
-        text.layers = 6;
-        text.vocab_size = 512;
-        text.context_length = 32;
-        Self::with_towers(256, Self::vit(64, 6, 256, 8), text)
+        Self::with_towers(256, Self::vit(64, 6, 256, 8), Self::synthetic_text(256, 4, 6))
+    }
+
+    /// A text tower for the synthetic data: the 512-id word vocabulary and 32-token captions.
+    fn synthetic_text(width: i64, heads: i64, layers: i64) -> TextConfig {
+        TextConfig { layers, vocab_size: 512, context_length: 32, ..Self::openai_text(width, heads) }
     }
 
     /// Looks up a built-in preset by name.
