@@ -207,3 +207,27 @@ fn inspect_counts_the_bad_fixtures_by_reason() {
     let out = run(&["shards", "inspect", missing.to_str().expect("utf-8")]);
     assert!(!out.status.success() && stderr(&out).contains("no shard found"), "{}", stderr(&out));
 }
+
+#[test]
+fn every_skipped_sample_is_logged_with_its_shard_and_key() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dataloader/tests/fixtures");
+    let edge = fixtures.join("wds/edge.tar");
+    let parquet = fixtures.join("parquet/null_rows.parquet");
+    let out =
+        ok(run(&["shards", "inspect", edge.to_str().expect("utf-8"), parquet.to_str().expect("utf-8"), "--json"]));
+    let logs = stderr(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let total: u64 = report["skipped"].as_object().expect("skipped").values().map(|v| v.as_u64().expect("count")).sum();
+    let warnings: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "skipped sample")
+        .collect();
+    assert_eq!(warnings.len() as u64, total, "one warning per skip:\n{logs}");
+    for w in &warnings {
+        let shard = w["fields"]["shard"].as_str().expect("shard");
+        assert!(shard.ends_with("edge.tar") || shard.ends_with("null_rows.parquet"), "{w}");
+        assert!(w["fields"]["key"].as_str().is_some_and(|k| !k.is_empty()), "{w}");
+        assert!(w["fields"]["reason"].as_str().is_some(), "{w}");
+    }
+}

@@ -26,11 +26,22 @@ struct ShardReport {
 }
 
 impl ShardReport {
-    /// Counts one row: a valid sample when its image decodes, else a skip.
-    fn record(&mut self, row: Result<EncodedPair, SkipReason>) {
-        match row.and_then(|pair| decode_rgb(&pair.image, &pair.image_format, None, DEFAULT_MAX_PIXELS)) {
-            Ok(_) => self.samples += 1,
-            Err(reason) => self.skipped.record(reason),
+    /// Counts one row: a valid sample when its image decodes, else a skip, logged with the
+    /// shard and the sample's key (`key_hint` when the reader could not tell the key).
+    fn record(&mut self, row: Result<EncodedPair, SkipReason>, shard: &str, key_hint: &str) {
+        let (key, decoded) = match row {
+            Ok(pair) => {
+                let decoded = decode_rgb(&pair.image, &pair.image_format, None, DEFAULT_MAX_PIXELS).map(|_| ());
+                (pair.key, decoded)
+            }
+            Err(reason) => (key_hint.to_string(), Err(reason)),
+        };
+        match decoded {
+            Ok(()) => self.samples += 1,
+            Err(reason) => {
+                tracing::warn!(shard, key = %key, reason = reason.as_str(), "skipped sample");
+                self.skipped.record(reason);
+            }
         }
     }
 
@@ -117,7 +128,10 @@ fn inspect_tar(store: &ShardStore, url: &str, caption: &CaptionSource) -> ShardR
     };
     for item in TarSamples::new(reader, url) {
         match item {
-            Ok(sample) => report.record(to_pair(sample, url, caption)),
+            Ok(sample) => {
+                let key = sample.key.clone();
+                report.record(to_pair(sample, url, caption), url, &key);
+            }
             Err(err) => {
                 tracing::warn!(shard = url, error = %err, "shard ends early");
                 report.skipped.record(err.reason);
@@ -138,8 +152,10 @@ fn inspect_parquet(store: &ShardStore, url: &str, options: &ParquetReadOptions) 
     };
     let read = store.runtime().block_on(async {
         let mut reader = ParquetShardReader::open(object_store, path, url, options).await?;
+        let mut index = 0u64;
         while let Some(row) = reader.next_row().await? {
-            report.record(row);
+            report.record(row, url, &format!("row {index}"));
+            index += 1;
         }
         Ok::<(), DataError>(())
     });
