@@ -100,6 +100,26 @@ pub enum DataError {
         /// What is wrong, with the columns found and the ones expected.
         reason: String,
     },
+    /// More samples were skipped than the configured fraction allows.
+    #[error("{skipped} of {seen} samples skipped ({by_reason}), over the limit max_skip_fraction = {limit}; fix the shards or raise the limit")]
+    TooManySkips {
+        /// Samples (and shard remainders) skipped.
+        skipped: u64,
+        /// Samples looked at.
+        seen: u64,
+        /// The configured limit.
+        limit: f64,
+        /// Counts per reason, `reason=n, ...`.
+        by_reason: String,
+    },
+    /// A partition's shards ended before the epoch did.
+    #[error("data partition {partition} ran out of samples: {detail}")]
+    PartitionExhausted {
+        /// The canonical partition.
+        partition: usize,
+        /// What to do about it.
+        detail: String,
+    },
     /// A Parquet file's footer or pages could not be fetched or decoded.
     #[error("reading parquet {url}: {source}")]
     Parquet {

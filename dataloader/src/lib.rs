@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod decode;
 pub mod error;
+pub mod loader;
 pub mod parquet_reader;
 pub mod rng;
 pub mod sample;

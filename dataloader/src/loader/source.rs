@@ -1,0 +1,176 @@
+//! One shard as a forward stream of raw samples, whatever its format and store.
+//!
+//! Every sample the shard holds is one *position* of its partition's stream, valid or not, so
+//! a corrupt sample leaves a hole at a fixed place instead of shifting the ones after it.
+//! Shard-level failures (a truncated tar, a shard unreadable after retries) end the shard and
+//! are reported once; errors no retry can fix (404, 403, a wrong Parquet schema) are fatal.
+
+use std::sync::Arc;
+
+use crate::parquet_reader::{ParquetReadOptions, ParquetShardReader};
+use crate::sample::EncodedPair;
+use crate::shards::shard_basename;
+use crate::skip::SkipReason;
+use crate::store::{ShardReader, ShardStore};
+use crate::webdataset::{to_pair, CaptionSource, TarSamples};
+use crate::DataError;
+
+/// One sample position: a pair to decode, or why it cannot be used.
+#[derive(Debug)]
+pub(crate) enum RawSample {
+    /// An image–caption pair, not yet decoded.
+    Pair(EncodedPair),
+    /// A sample that is skipped, with its shard and key for the warning.
+    Skip {
+        /// Why.
+        reason: SkipReason,
+        /// The shard URL.
+        shard: String,
+        /// The sample key, or `<file>#<row>` for Parquet rows.
+        key: String,
+    },
+}
+
+/// What reading a shard yields next.
+#[derive(Debug)]
+pub(crate) enum ShardEvent {
+    /// The next sample position.
+    Sample(RawSample),
+    /// The shard ended early; no more positions come from it.
+    ShardSkipped {
+        /// [`SkipReason::TruncatedShard`] or [`SkipReason::UnreadableShard`].
+        reason: SkipReason,
+        /// The shard URL.
+        shard: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// An error no retry can fix; the run stops.
+    Fatal(DataError),
+}
+
+/// How to read samples out of shards.
+#[derive(Debug, Clone, Default)]
+pub struct SampleFormat {
+    /// Where a WebDataset caption comes from.
+    pub caption: CaptionSource,
+    /// Parquet columns and batch size.
+    pub parquet: ParquetReadOptions,
+}
+
+/// Whether `url` names a Parquet shard (by its extension).
+pub fn is_parquet(url: &str) -> bool {
+    url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase().ends_with(".parquet")
+}
+
+/// Opens `url` and returns its events, in order. The iterator ends after a
+/// [`ShardEvent::ShardSkipped`] or [`ShardEvent::Fatal`].
+pub(crate) fn shard_events(
+    store: &Arc<ShardStore>,
+    url: &str,
+    format: &SampleFormat,
+) -> Box<dyn Iterator<Item = ShardEvent> + Send> {
+    if is_parquet(url) {
+        parquet_events(Arc::clone(store), url.to_owned(), format.parquet.clone())
+    } else {
+        match store.open(url) {
+            Ok(reader) => Box::new(TarEvents::new(reader, url, format.caption.clone())),
+            Err(e) => Box::new(std::iter::once(open_failure(url, e))),
+        }
+    }
+}
+
+fn open_failure(url: &str, e: DataError) -> ShardEvent {
+    match e {
+        DataError::NotFound { .. } | DataError::Forbidden { .. } | DataError::Schema { .. } => ShardEvent::Fatal(e),
+        DataError::ShardPattern { .. } | DataError::InvalidArgument { .. } => ShardEvent::Fatal(e),
+        other => ShardEvent::ShardSkipped {
+            reason: SkipReason::UnreadableShard,
+            shard: url.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+struct TarEvents {
+    samples: TarSamples<ShardReader>,
+    url: String,
+    caption: CaptionSource,
+}
+
+impl TarEvents {
+    fn new(reader: ShardReader, url: &str, caption: CaptionSource) -> TarEvents {
+        TarEvents { samples: TarSamples::new(reader, url), url: url.to_owned(), caption }
+    }
+}
+
+impl Iterator for TarEvents {
+    type Item = ShardEvent;
+
+    fn next(&mut self) -> Option<ShardEvent> {
+        Some(match self.samples.next()? {
+            Ok(sample) => {
+                let key = sample.key.clone();
+                ShardEvent::Sample(match to_pair(sample, &self.url, &self.caption) {
+                    Ok(pair) => RawSample::Pair(pair),
+                    Err(reason) => RawSample::Skip { reason, shard: self.url.clone(), key },
+                })
+            }
+            Err(e) => ShardEvent::ShardSkipped { reason: e.reason, shard: e.shard.clone(), detail: e.to_string() },
+        })
+    }
+}
+
+fn parquet_events(
+    store: Arc<ShardStore>,
+    url: String,
+    options: ParquetReadOptions,
+) -> Box<dyn Iterator<Item = ShardEvent> + Send> {
+    let opened = store.resolve(&url).and_then(|(object_store, path)| {
+        store.runtime().block_on(ParquetShardReader::open(object_store, path, url.clone(), &options))
+    });
+    match opened {
+        Err(e) => Box::new(std::iter::once(open_failure(&url, e))),
+        Ok(reader) => {
+            Box::new(ParquetEvents { store, reader, row: 0, file: shard_basename(&url).to_owned(), url, done: false })
+        }
+    }
+}
+
+struct ParquetEvents {
+    store: Arc<ShardStore>,
+    reader: ParquetShardReader,
+    url: String,
+    file: String,
+    row: u64,
+    done: bool,
+}
+
+impl Iterator for ParquetEvents {
+    type Item = ShardEvent;
+
+    fn next(&mut self) -> Option<ShardEvent> {
+        if self.done {
+            return None;
+        }
+        let row = self.store.runtime().block_on(self.reader.next_row());
+        let key = format!("{}#{}", self.file, self.row);
+        self.row += 1;
+        match row {
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Ok(Some(Ok(pair))) => Some(ShardEvent::Sample(RawSample::Pair(pair))),
+            Ok(Some(Err(reason))) => Some(ShardEvent::Sample(RawSample::Skip { reason, shard: self.url.clone(), key })),
+            Err(e) => {
+                self.done = true;
+                Some(ShardEvent::ShardSkipped {
+                    reason: SkipReason::UnreadableShard,
+                    shard: self.url.clone(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
