@@ -25,6 +25,16 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A tokenizer file (a Hugging Face `tokenizer.json`) cannot be parsed, or cannot be used
+    /// with OpenCLIP's `[sot] + ids + [eot]` convention (no start/end token found, or the
+    /// end-of-text token is not the largest id).
+    #[error("tokenizer {}: {reason}", path.display())]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong with it, and what would fix it.
+        reason: String,
+    },
     /// An image could not be decoded or does not fit where it was used.
     #[error("image {what}: {reason}")]
     Image {

@@ -39,7 +39,8 @@ pub(crate) enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Tokenize captions with OpenCLIP's BPE tokenizer: one JSON array of ids per text, one per line.
+    /// Tokenize captions with OpenCLIP's BPE tokenizer, or a Hugging Face tokenizer.json in
+    /// OpenCLIP's [sot] + ids + [eot] convention: one JSON array of ids per text, one per line.
     Tokenize(TokenizeArgs),
     /// Make datasets of shards (WebDataset tars or img2dataset Parquet) and inspect them.
     #[command(subcommand)]
@@ -50,8 +51,12 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct TokenizeArgs {
     /// The BPE vocabulary (bpe_simple_vocab_16e6.txt.gz); default: CLIPFLEET_BPE_VOCAB, then .cache/ of the checkout.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "tokenizer")]
     pub(crate) vocab: Option<PathBuf>,
+    /// A tokenizer file: a Hugging Face tokenizer.json (*.json, or a folder holding one), whose
+    /// end-of-text token must have the largest id; any other name is OpenCLIP's BPE merges (*.txt.gz, *.txt).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) tokenizer: Option<PathBuf>,
     /// Tokens per text, sot and eot included; longer texts are truncated with eot forced last.
     #[arg(long, default_value_t = 77)]
     pub(crate) context_length: usize,

@@ -152,3 +152,33 @@ fn tokenize_prints_open_clip_ids() {
     assert_eq!(lines[1].len(), 10);
     fails_with(&["tokenize", "--vocab", "/nonexistent/bpe.txt.gz", "x"], &["/nonexistent/bpe.txt.gz"]);
 }
+
+#[test]
+fn tokenize_reads_a_hugging_face_tokenizer_json() {
+    // Ids from the Python `tokenizers` package: dataloader/tests/fixtures/hf/gen_hf_tokenizer.py.
+    let hf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dataloader/tests/fixtures/hf");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hf.join("expected.json")).expect("expected.json")).expect("json");
+    let cases = expected["files"]["clip_bpe.json"]["cases"].as_array().expect("cases");
+    let texts: Vec<&str> = cases.iter().take(5).map(|c| c["text"].as_str().expect("text")).collect();
+    let json = hf.join("clip_bpe.json");
+    let mut args = vec!["tokenize", "--tokenizer", json.to_str().expect("utf-8")];
+    args.extend(&texts);
+    let out = ok(run(&args));
+    let lines: Vec<Vec<i64>> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON array")).collect();
+    assert_eq!(lines.len(), texts.len());
+    for (line, case) in lines.iter().zip(cases) {
+        let mut want: Vec<i64> = serde_json::from_value(case["ids"].clone()).expect("ids");
+        want.resize(77, 0);
+        assert_eq!(line, &want, "{}", case["text"]);
+    }
+
+    let bert = hf.join("bert_wordpiece.json");
+    fails_with(
+        &["tokenize", "--tokenizer", bert.to_str().expect("utf-8"), "x"],
+        &["bert_wordpiece.json", "largest id"],
+    );
+    fails_with(&["tokenize", "--tokenizer", "/nonexistent/tokenizer.json", "x"], &["/nonexistent/tokenizer.json"]);
+    fails_with(&["tokenize", "--tokenizer", json.to_str().expect("utf-8"), "--vocab", "v.txt.gz", "x"], &["--vocab"]);
+}

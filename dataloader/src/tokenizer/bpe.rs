@@ -139,19 +139,27 @@ impl fmt::Debug for BpeTokenizer {
 }
 
 impl BpeTokenizer {
-    /// Loads the gzip-compressed merges file (`bpe_simple_vocab_16e6.txt.gz`).
+    /// Loads the merges file: gzip-compressed as it ships (`bpe_simple_vocab_16e6.txt.gz`),
+    /// or the same text uncompressed (told apart by the gzip magic bytes).
     ///
     /// # Errors
-    /// [`DataError::Io`] if the file cannot be opened, and
-    /// [`DataError::Vocab`] if it is not gzip-compressed UTF-8 text with at
+    /// [`DataError::Io`] if the file cannot be read, and
+    /// [`DataError::Vocab`] if it is not (gzip-compressed) UTF-8 text with at
     /// least 48894 merge lines of two symbols each; both name `path`.
     pub fn from_file(path: &Path) -> Result<Self, DataError> {
-        let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
         let mut text = String::new();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| DataError::Vocab {
-            path: path.to_path_buf(),
-            reason: format!("not gzip-compressed UTF-8 text ({e})"),
-        })?;
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            flate2::read::GzDecoder::new(bytes.as_slice()).read_to_string(&mut text).map_err(|e| DataError::Vocab {
+                path: path.to_path_buf(),
+                reason: format!("not gzip-compressed UTF-8 text ({e})"),
+            })?;
+        } else {
+            text = String::from_utf8(bytes).map_err(|e| DataError::Vocab {
+                path: path.to_path_buf(),
+                reason: format!("neither gzip-compressed nor UTF-8 text ({e})"),
+            })?;
+        }
         Self::from_merges_text(&text, path).map_err(|reason| DataError::Vocab { path: path.to_path_buf(), reason })
     }
 
