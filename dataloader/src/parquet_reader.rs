@@ -5,10 +5,11 @@
 //! `status`, `width`, `exif`, ...). Rows that failed to download keep their metadata and have a
 //! null image.
 //!
-//! [`ParquetShardReader`] reads only the image, caption and key columns (a column projection,
-//! so the other column chunks are never fetched), one row group at a time, in record batches of
-//! a configurable size: memory stays bounded by one row group's projected columns, whatever the
-//! file size. Each row becomes an [`EncodedPair`], or a [`SkipReason`] when its image is null
+//! [`ParquetShardReader`] reads only the image, caption and key columns, plus an integer `cls`
+//! label column when the file has one (clipfleet's `shards make` writes it; img2dataset does
+//! not). It is a column projection, so the other column chunks are never fetched. It reads one
+//! row group at a time, in record batches of a configurable size: memory stays bounded by one
+//! row group's projected columns, whatever the file size. Each row becomes an [`EncodedPair`], or a [`SkipReason`] when its image is null
 //! ([`SkipReason::MissingImage`]) or its caption null or blank ([`SkipReason::MissingCaption`]).
 //! A file whose schema is wrong as a whole is a [`DataError::Schema`], fatal for that source.
 
@@ -37,6 +38,10 @@ use crate::DataError;
 
 /// Caption columns tried, in order, when [`ParquetColumns::caption`] is `None`.
 pub const DEFAULT_CAPTION_COLUMNS: [&str; 2] = ["caption", "txt"];
+
+/// The optional class-label column, read into [`EncodedPair::label`] when it is an integer
+/// column (a column of another type under this name is ignored).
+pub const LABEL_COLUMN: &str = "cls";
 
 /// The outcome of one row: a pair to decode, or why the row was skipped.
 pub type ParquetRow = Result<EncodedPair, SkipReason>;
@@ -152,6 +157,7 @@ pub struct ParquetShardReader {
     image_col: usize,
     caption_col: usize,
     key_col: Option<usize>,
+    label_col: Option<usize>,
     batch: Option<RecordBatch>,
     row_in_batch: usize,
     row: u64,
@@ -170,7 +176,8 @@ impl std::fmt::Debug for ParquetShardReader {
 
 impl ParquetShardReader {
     /// Opens `path` in `store`: reads the footer, checks the schema, and projects the image,
-    /// caption and key columns. `url` names the shard in errors and in [`EncodedPair::shard`].
+    /// caption and key columns, and [`LABEL_COLUMN`] when it is an integer column. `url` names
+    /// the shard in errors and in [`EncodedPair::shard`].
     ///
     /// Fails with [`DataError::Schema`] when the image column is absent or not binary, when no
     /// caption column is found, or when a named key column is absent; and with
@@ -195,7 +202,7 @@ impl ParquetShardReader {
         let parquet_err = |source| DataError::Parquet { url: url.clone(), source };
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(parquet_err)?;
         let names = resolve_columns(&url, builder.schema(), &options.columns)?;
-        let roots = names.iter().filter_map(|n| builder.schema().index_of(n).ok()).collect::<Vec<_>>();
+        let roots = names.all().filter_map(|n| builder.schema().index_of(n).ok()).collect::<Vec<_>>();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let metadata = Arc::clone(builder.metadata());
         let stream = builder.with_projection(mask).with_batch_size(options.batch_size).build().map_err(parquet_err)?;
@@ -206,9 +213,10 @@ impl ParquetShardReader {
                 reason: format!("column `{name}` is missing after projection; projected: {}", describe(&projected)),
             })
         };
-        let image_col = index(&names[0])?;
-        let caption_col = index(&names[1])?;
-        let key_col = names.get(2).map(|k| index(k)).transpose()?;
+        let image_col = index(&names.image)?;
+        let caption_col = index(&names.caption)?;
+        let key_col = names.key.as_deref().map(index).transpose()?;
+        let label_col = names.label.as_deref().map(index).transpose()?;
         Ok(ParquetShardReader {
             image_format: options.columns.image.to_lowercase(),
             url,
@@ -219,13 +227,15 @@ impl ParquetShardReader {
             image_col,
             caption_col,
             key_col,
+            label_col,
             batch: None,
             row_in_batch: 0,
             row: 0,
         })
     }
 
-    /// The Arrow schema of the projected columns: image, caption and key only, in file order.
+    /// The Arrow schema of the projected columns: image, caption, key and label only, in file
+    /// order.
     pub fn projected_schema(&self) -> &Arc<Schema> {
         self.stream.schema()
     }
@@ -291,20 +301,37 @@ impl ParquetShardReader {
             .unwrap_or_else(|| format!("{}#{}", self.file_name, self.row));
         let image = binary_value(batch.column(self.image_col).as_ref(), i).ok_or(SkipReason::MissingImage)?;
         let caption = caption_value(batch.column(self.caption_col).as_ref(), i)?;
+        let label = self.label_col.and_then(|c| label_value(batch.column(c).as_ref(), i));
         Ok(EncodedPair {
             shard: self.url.clone(),
             key,
             image: image.to_vec(),
             image_format: self.image_format.clone(),
             caption,
-            label: None,
+            label,
         })
     }
 }
 
-/// Checks the file's schema and returns the columns to project: image, caption, then the key
-/// when there is one.
-fn resolve_columns(url: &str, schema: &Schema, columns: &ParquetColumns) -> Result<Vec<String>, DataError> {
+/// The columns a reader projects.
+struct ResolvedColumns {
+    image: String,
+    caption: String,
+    key: Option<String>,
+    label: Option<String>,
+}
+
+impl ResolvedColumns {
+    fn all(&self) -> impl Iterator<Item = &str> {
+        [Some(self.image.as_str()), Some(self.caption.as_str()), self.key.as_deref(), self.label.as_deref()]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Checks the file's schema and returns the columns to project: image, caption, the key when
+/// there is one, and the label when there is an integer [`LABEL_COLUMN`].
+fn resolve_columns(url: &str, schema: &Schema, columns: &ParquetColumns) -> Result<ResolvedColumns, DataError> {
     let field = |name: &str| schema.field_with_name(name).ok();
     let fail = |reason: String| DataError::Schema {
         url: url.to_string(),
@@ -329,20 +356,16 @@ fn resolve_columns(url: &str, schema: &Schema, columns: &ParquetColumns) -> Resu
     if !is_text(&caption_type) {
         return Err(fail(format!("caption column `{caption}` is {caption_type}, expected string or binary")));
     }
-    let mut names = vec![image.clone(), caption.to_string()];
-    match &columns.key {
+    let key = match &columns.key {
         Some(key) => match field(key).map(|f| f.data_type()) {
             None => return Err(fail(format!("no key column `{key}`"))),
-            Some(t) if is_key(t) => names.push(key.clone()),
+            Some(t) if is_key(t) => Some(key.clone()),
             Some(t) => return Err(fail(format!("key column `{key}` is {t}, expected string or integer"))),
         },
-        None => {
-            if field("key").is_some_and(|f| is_key(f.data_type())) {
-                names.push("key".to_string());
-            }
-        }
-    }
-    Ok(names)
+        None => field("key").filter(|f| is_key(f.data_type())).map(|_| "key".to_string()),
+    };
+    let label = field(LABEL_COLUMN).filter(|f| is_integer(f.data_type())).map(|_| LABEL_COLUMN.to_string());
+    Ok(ResolvedColumns { image: image.clone(), caption: caption.to_string(), key, label })
 }
 
 fn describe(schema: &Schema) -> String {
@@ -363,16 +386,25 @@ fn is_text(t: &DataType) -> bool {
 }
 
 fn is_key(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt32
-            | DataType::UInt64
-    )
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) || is_integer(t)
+}
+
+fn is_integer(t: &DataType) -> bool {
+    matches!(t, DataType::Int32 | DataType::Int64 | DataType::UInt32 | DataType::UInt64)
+}
+
+/// The label of a row, `None` when null (or an unsigned value beyond `i64`).
+fn label_value(col: &dyn Array, i: usize) -> Option<i64> {
+    if col.is_null(i) {
+        return None;
+    }
+    match col.data_type() {
+        DataType::Int32 => col.as_primitive_opt::<Int32Type>().map(|a| i64::from(a.value(i))),
+        DataType::Int64 => col.as_primitive_opt::<Int64Type>().map(|a| a.value(i)),
+        DataType::UInt32 => col.as_primitive_opt::<UInt32Type>().map(|a| i64::from(a.value(i))),
+        DataType::UInt64 => col.as_primitive_opt::<UInt64Type>().and_then(|a| i64::try_from(a.value(i)).ok()),
+        _ => None,
+    }
 }
 
 /// The bytes of a binary (or string) cell, `None` when null.

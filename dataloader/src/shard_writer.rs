@@ -1,6 +1,11 @@
 //! Writing datasets: WebDataset tars and img2dataset-style Parquet files, N samples per
 //! shard, plus the `sizes.json` that readers use to count samples.
 //!
+//! Each sample's metadata follows img2dataset: `key`, `caption`, `status`, `width`, `height`,
+//! `original_width`, `original_height` and `sha256` (hex SHA-256 of the image bytes as
+//! stored). Class labels go in `<key>.cls` (WebDataset) or a nullable int64 `cls` column
+//! (Parquet).
+//!
 //! Each shard is written under a hidden temporary name (`.NAME.tmp`) in the output folder
 //! and renamed once complete, so a final shard name never holds a half-written shard. A
 //! writer dropped before [`ShardWriter::finish`] removes its temporary file.
@@ -16,6 +21,8 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
+use sha2::{Digest, Sha256};
+
 use crate::DataError;
 
 /// Digits of a sample key (`000000042`), as img2dataset writes them.
@@ -29,8 +36,9 @@ const PARQUET_ROWS_PER_GROUP: usize = 256;
 pub enum ShardFormat {
     /// WebDataset tars: `<key>.<ext>`, `<key>.txt`, `<key>.json` and `<key>.cls` per sample.
     WebDataset,
-    /// img2dataset Parquet: columns `key`, `caption`, `width`, `height` and the image
-    /// bytes in a column named after the image format (`jpg`, `png`, `webp`).
+    /// img2dataset Parquet: columns `key`, `caption`, `width`, `height`, `sha256`, the image
+    /// bytes in a column named after the image format (`jpg`, `png`, `webp`), and a nullable
+    /// int64 `cls` when the dataset's first sample has a label.
     Parquet,
 }
 
@@ -71,7 +79,7 @@ pub struct ShardRecord {
     pub width: u32,
     /// Image height in pixels.
     pub height: u32,
-    /// Integer class label, written as `<key>.cls` in WebDataset shards.
+    /// Integer class label: `<key>.cls` in WebDataset shards, the `cls` column in Parquet.
     pub label: Option<i64>,
 }
 
@@ -92,6 +100,8 @@ pub struct ShardWriter {
     sizes: BTreeMap<String, u64>,
     samples: u64,
     parquet_image_column: Option<String>,
+    /// Whether the Parquet files have a `cls` column: decided by the first sample.
+    parquet_labels: Option<bool>,
 }
 
 impl ShardWriter {
@@ -109,7 +119,14 @@ impl ShardWriter {
             });
         }
         std::fs::create_dir_all(&options.output).map_err(|source| io(&options.output, source))?;
-        Ok(ShardWriter { options, current: None, sizes: BTreeMap::new(), samples: 0, parquet_image_column: None })
+        Ok(ShardWriter {
+            options,
+            current: None,
+            sizes: BTreeMap::new(),
+            samples: 0,
+            parquet_image_column: None,
+            parquet_labels: None,
+        })
     }
 
     /// Appends one sample, starting a new shard when the current one is full.
@@ -117,7 +134,9 @@ impl ShardWriter {
     /// # Errors
     /// [`DataError::Io`] or [`DataError::Parquet`] when writing fails, and
     /// [`DataError::InvalidArgument`] when a Parquet dataset mixes image formats (one
-    /// image column holds one format).
+    /// image column holds one format), or has a labelled sample after a first sample without
+    /// a label (the first sample decides whether the files have a `cls` column; later samples
+    /// without a label get a null).
     pub fn write(&mut self, record: ShardRecord) -> Result<(), DataError> {
         if self.options.format == ShardFormat::Parquet {
             let column = parquet_image_column(&record.image_ext);
@@ -131,6 +150,15 @@ impl ShardWriter {
                     })
                 }
                 Some(_) => {}
+            }
+            let labels = *self.parquet_labels.get_or_insert(record.label.is_some());
+            if !labels && record.label.is_some() {
+                return Err(DataError::InvalidArgument {
+                    name: "label",
+                    value: format!("{:?}", record.label),
+                    allowed: "none: the dataset's first sample had no label, so its Parquet files have no `cls` column"
+                        .to_string(),
+                });
             }
         }
         if self.current.is_none() {
@@ -189,7 +217,8 @@ impl ShardWriter {
             ShardFormat::WebDataset => Sink::Tar(tar::Builder::new(BufWriter::new(file))),
             ShardFormat::Parquet => {
                 let column = self.parquet_image_column.clone().unwrap_or_else(|| "jpg".to_string());
-                Sink::Parquet(Box::new(ParquetSink::new(file, column, &tmp_path)?))
+                let labels = self.parquet_labels.unwrap_or(false);
+                Sink::Parquet(Box::new(ParquetSink::new(file, column, labels, &tmp_path)?))
             }
         };
         Ok(OpenShard { name, final_path, tmp_path, sink: Some(sink), count: 0 })
@@ -211,6 +240,11 @@ fn parquet_image_column(ext: &str) -> String {
     } else {
         ext.to_string()
     }
+}
+
+/// Hex SHA-256 of `bytes`, as img2dataset's `sha256` field.
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn io(path: &Path, source: std::io::Error) -> DataError {
@@ -258,6 +292,7 @@ impl OpenShard {
                     "height": record.height,
                     "original_width": record.width,
                     "original_height": record.height,
+                    "sha256": sha256_hex(&record.image),
                 });
                 let mut members: Vec<(String, Vec<u8>)> = vec![
                     (format!("{key}.{}", record.image_ext), record.image),
@@ -321,18 +356,26 @@ struct ParquetSink {
     captions: Vec<String>,
     widths: Vec<i64>,
     heights: Vec<i64>,
+    sha256s: Vec<String>,
     images: Vec<Vec<u8>>,
+    /// `Some` when the files have a `cls` column.
+    labels: Option<Vec<Option<i64>>>,
 }
 
 impl ParquetSink {
-    fn new(file: File, image_column: String, path: &Path) -> Result<ParquetSink, DataError> {
-        let schema = Arc::new(Schema::new(vec![
+    fn new(file: File, image_column: String, labels: bool, path: &Path) -> Result<ParquetSink, DataError> {
+        let mut fields = vec![
             Field::new("key", DataType::Utf8, false),
             Field::new("caption", DataType::Utf8, false),
             Field::new("width", DataType::Int64, false),
             Field::new("height", DataType::Int64, false),
+            Field::new("sha256", DataType::Utf8, false),
             Field::new(image_column, DataType::Binary, false),
-        ]));
+        ];
+        if labels {
+            fields.push(Field::new("cls", DataType::Int64, true));
+        }
+        let schema = Arc::new(Schema::new(fields));
         let url = path.display().to_string();
         let props = WriterProperties::builder().set_max_row_group_row_count(Some(PARQUET_ROWS_PER_GROUP)).build();
         let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
@@ -345,7 +388,9 @@ impl ParquetSink {
             captions: Vec::new(),
             widths: Vec::new(),
             heights: Vec::new(),
+            sha256s: Vec::new(),
             images: Vec::new(),
+            labels: labels.then(Vec::new),
         })
     }
 
@@ -354,7 +399,11 @@ impl ParquetSink {
         self.captions.push(record.caption);
         self.widths.push(i64::from(record.width));
         self.heights.push(i64::from(record.height));
+        self.sha256s.push(sha256_hex(&record.image));
         self.images.push(record.image);
+        if let Some(labels) = &mut self.labels {
+            labels.push(record.label);
+        }
         if self.keys.len() >= PARQUET_ROWS_PER_GROUP {
             self.flush()?;
         }
@@ -365,13 +414,17 @@ impl ParquetSink {
         if self.keys.is_empty() {
             return Ok(());
         }
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(std::mem::take(&mut self.keys))),
             Arc::new(StringArray::from(std::mem::take(&mut self.captions))),
             Arc::new(Int64Array::from(std::mem::take(&mut self.widths))),
             Arc::new(Int64Array::from(std::mem::take(&mut self.heights))),
+            Arc::new(StringArray::from(std::mem::take(&mut self.sha256s))),
             Arc::new(BinaryArray::from_iter_values(std::mem::take(&mut self.images))),
         ];
+        if let Some(labels) = &mut self.labels {
+            columns.push(Arc::new(Int64Array::from(std::mem::take(labels))));
+        }
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .map_err(|e| DataError::Schema { url: self.url.clone(), reason: e.to_string() })?;
         self.writer.write(&batch).map_err(|source| DataError::Parquet { url: self.url.clone(), source })
@@ -426,6 +479,28 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["p-000000.tar", "p-000001.tar", "p-000002.tar", "sizes.json"]);
+    }
+
+    #[test]
+    fn sha256_is_the_hex_digest_of_the_image_bytes() {
+        // echo -n abc | sha256sum
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn a_label_after_an_unlabelled_first_sample_is_refused_in_parquet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = ShardWriterOptions {
+            output: dir.path().to_path_buf(),
+            format: ShardFormat::Parquet,
+            samples_per_shard: 10,
+            prefix: String::new(),
+        };
+        let mut writer = ShardWriter::new(options).expect("writer");
+        writer.write(ShardRecord { label: None, ..record("jpg") }).expect("write");
+        let err = writer.write(record("jpg")).expect_err("no cls column");
+        assert!(err.to_string().contains("no `cls` column"), "{err}");
+        writer.abort();
     }
 
     #[test]

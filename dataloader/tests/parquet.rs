@@ -268,3 +268,49 @@ async fn blocking_helpers_refuse_to_run_inside_a_runtime() {
     let err = read("normal.parquet", &ParquetReadOptions::default()).expect_err("inside a runtime");
     assert!(err.to_string().contains("inside a tokio runtime"), "{err}");
 }
+
+#[tokio::test]
+async fn labels_written_by_shard_writer_read_back_from_the_cls_column() {
+    use clipfleet_dataloader::shard_writer::{ShardFormat, ShardRecord, ShardWriter, ShardWriterOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = ShardWriterOptions {
+        output: dir.path().to_path_buf(),
+        format: ShardFormat::Parquet,
+        samples_per_shard: 10,
+        prefix: String::new(),
+    };
+    let mut writer = ShardWriter::new(options).expect("writer");
+    let labels = [Some(3), None, Some(-1), Some(i64::MAX)];
+    for (i, label) in labels.iter().enumerate() {
+        let record = ShardRecord {
+            image: vec![0xff, 0xd8, i as u8],
+            image_ext: "jpg".to_string(),
+            caption: format!("caption {i}"),
+            width: 1,
+            height: 1,
+            label: *label,
+        };
+        writer.write(record).expect("write");
+    }
+    writer.finish().expect("finish");
+
+    let store = store_at(dir.path());
+    let reader = ParquetShardReader::open(store, Path::from("000000.parquet"), "mem", &ParquetReadOptions::default())
+        .await
+        .expect("opens");
+    let projected: Vec<&str> = reader.projected_schema().fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(projected, ["key", "caption", "jpg", "cls"], "sha256, width and height are not fetched");
+    let rows: Vec<_> = reader.into_stream().collect().await;
+    let got: Vec<Option<i64>> = rows.into_iter().map(|r| r.expect("reads").expect("valid row").label).collect();
+    assert_eq!(got, labels);
+
+    // Files without a `cls` column (img2dataset's) read with no labels, as before.
+    let name = "normal.parquet";
+    let reader =
+        ParquetShardReader::open(store_at(&fixture_dir()), Path::from(name), url(name), &ParquetReadOptions::default())
+            .await
+            .expect("opens");
+    let rows: Vec<_> = reader.into_stream().collect().await;
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| matches!(r, Ok(Ok(p)) if p.label.is_none())));
+}

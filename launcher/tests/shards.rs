@@ -54,16 +54,20 @@ fn synthetic_webdataset_round_trip() {
     let pattern = format!("{o}/shard-{{000000..000002}}.tar");
     assert_eq!(inspect(&[&pattern]), serde_json::json!({"shards": 3, "samples": 25, "skipped": {}}));
 
-    // The reference reader sees the same samples: keys, captions (txt == json caption), labels.
+    // The reference reader sees the same samples: keys, captions (txt == json caption), labels,
+    // and img2dataset's sha256 field, checked with hashlib on the raw image bytes.
     let script = r#"
-import json, sys, webdataset as wds
-ds = wds.WebDataset(sys.argv[1], shardshuffle=False).decode("pil")
+import hashlib, io, json, sys, webdataset as wds
+from PIL import Image
+ds = wds.WebDataset(sys.argv[1], shardshuffle=False)
 rows = []
 for s in ds:
-    meta = s["json"]
-    assert meta["key"] == s["__key__"] and meta["caption"] == s["txt"], meta
-    assert s["jpg"].size == (meta["width"], meta["height"]) == (64, 64)
-    rows.append([s["__key__"], s["txt"], int(s["cls"])])
+    meta = json.loads(s["json"])
+    txt = s["txt"].decode("utf-8")
+    assert meta["key"] == s["__key__"] and meta["caption"] == txt, meta
+    assert meta["sha256"] == hashlib.sha256(s["jpg"]).hexdigest(), meta
+    assert Image.open(io.BytesIO(s["jpg"])).size == (meta["width"], meta["height"]) == (64, 64)
+    rows.append([s["__key__"], txt, int(s["cls"])])
 print(json.dumps(rows))
 "#;
     let py = std::process::Command::new(python()).args(["-c", script, &pattern]).output().expect("python");
@@ -96,6 +100,27 @@ fn synthetic_parquet_round_trip() {
     assert_eq!(sizes(&out_dir)["shard-000002.parquet"], 5);
     let pattern = format!("{o}/shard-{{000000..000002}}.parquet");
     assert_eq!(inspect(&[&pattern]), serde_json::json!({"shards": 3, "samples": 25, "skipped": {}}));
+
+    // pyarrow, the reference reader: the labels in a nullable int64 `cls` column, and
+    // img2dataset's `sha256` column matching hashlib on the image bytes.
+    let script = r#"
+import glob, hashlib, json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+rows = []
+for path in sorted(glob.glob(sys.argv[1] + "/*.parquet")):
+    table = pq.read_table(path)
+    field = table.schema.field("cls")
+    assert field.type == pa.int64() and field.nullable, field
+    for r in table.to_pylist():
+        assert r["sha256"] == hashlib.sha256(r["jpg"]).hexdigest(), r["key"]
+        rows.append([r["key"], r["cls"]])
+print(json.dumps(rows))
+"#;
+    let py = std::process::Command::new(python()).args(["-c", script, o]).output().expect("python");
+    assert!(py.status.success(), "python pyarrow failed:\n{}", String::from_utf8_lossy(&py.stderr));
+    let rows: Vec<(String, i64)> = serde_json::from_slice(&py.stdout).expect("rows");
+    assert_eq!(rows.len(), 25);
+    assert!(rows.iter().enumerate().all(|(i, r)| r.0 == format!("{i:09}") && (0..30).contains(&r.1)), "{rows:?}");
 }
 
 /// Writes `n` small PNGs into `dir` and a CSV naming them (one caption quoted, with a comma).
@@ -144,6 +169,15 @@ print(json.dumps([[s["__key__"], s["txt"], list(s["png"].size)] for s in ds]))
         inspect(&["--image-column", "png", &shard]),
         serde_json::json!({"shards": 1, "samples": 3, "skipped": {}})
     );
+    // Without labels there is no `cls` column; sha256 is there as img2dataset writes it.
+    let script = r#"
+import hashlib, sys, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+assert "cls" not in t.column_names, t.column_names
+assert all(r["sha256"] == hashlib.sha256(r["png"]).hexdigest() for r in t.to_pylist())
+"#;
+    let py = std::process::Command::new(python()).args(["-c", script, &shard]).output().expect("python");
+    assert!(py.status.success(), "python pyarrow failed:\n{}", String::from_utf8_lossy(&py.stderr));
 }
 
 #[test]
