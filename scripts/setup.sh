@@ -22,6 +22,11 @@ done
 if python3 -c 'import venv, ensurepip' 2>/dev/null; then
   need_pkgs=("${need_pkgs[@]/python3-venv}"); need_pkgs=("${need_pkgs[@]/python3-pip}")
 fi
+# The test suite starts a real Prometheus server against the trainer's /metrics exporter; only
+# its binary is used (the tests start it; the package's own service does not matter).
+if [ "$WITH_TEST" = 1 ] && ! command -v prometheus >/dev/null 2>&1; then
+  need_pkgs+=(prometheus)
+fi
 need_pkgs=($(printf '%s\n' "${need_pkgs[@]}" | sed '/^$/d'))
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"

@@ -75,6 +75,9 @@ pub enum TrainError {
     /// The data pipeline's worker stopped or could not start.
     #[error("data pipeline: {0}")]
     Pipeline(String),
+    /// The Prometheus exporter could not be set up or could not listen.
+    #[error("metrics exporter: {0}")]
+    Metrics(String),
     /// Training diverged.
     #[error("loss is not finite at step {step}: {loss}")]
     NonFiniteLoss {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod fault;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod train;

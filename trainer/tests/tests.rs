@@ -4,4 +4,5 @@
 
 mod checkpoints;
 mod common;
+mod metrics;
 mod parity;

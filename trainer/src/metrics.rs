@@ -1,0 +1,441 @@
+//! Prometheus metrics of a training process (DESIGN §7), and the `/metrics` endpoint that
+//! serves them.
+//!
+//! [`Metrics`] owns a private registry whose every series carries the constant labels `job`
+//! and `rank`; the training loop calls its plain methods ([`Metrics::observe_step`],
+//! [`Metrics::observe_data_wait`], [`Metrics::sync_skips`], ...) and [`Metrics::serve`] answers
+//! scrapes on a background thread. Names follow Prometheus conventions: base units (seconds,
+//! bytes, ratios in 0..=1), `_total` on counters, prefix `clipfleet_`.
+//!
+//! # Scraping
+//! Prometheus attaches its own target label `job` (the scrape job's name) to every series, and
+//! by default renames a scraped `job` label to `exported_job`. Set `honor_labels: true` on the
+//! scrape job to keep clipfleet's `job` and `rank`, as `trainer/tests/metrics.rs` does with a
+//! real Prometheus server.
+
+mod http;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use clipfleet_dataloader::skip::{SkipCounts, SkipReason};
+use prometheus::core::Collector;
+use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::eval::EvalReport;
+use crate::{Result, TrainError};
+
+/// Bucket bounds, in seconds, of the per-step timing histograms (0.5 ms to 5 min).
+pub const STEP_BUCKETS: [f64; 18] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0];
+
+/// Bucket bounds, in seconds, of `clipfleet_checkpoint_seconds` (50 ms to 1 h).
+pub const CHECKPOINT_BUCKETS: [f64; 14] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0];
+
+/// The `k` values of `clipfleet_eval_retrieval_recall{direction,k}`.
+pub const RECALL_K: [u32; 3] = [1, 5, 10];
+
+/// The `direction` values of `clipfleet_eval_retrieval_recall{direction,k}`.
+pub const RECALL_DIRECTIONS: [&str; 2] = ["image_to_text", "text_to_image"];
+
+/// What one optimizer step did, for [`Metrics::observe_step`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepObservation {
+    /// The optimizer step just completed (`clipfleet_step`).
+    pub step: u64,
+    /// Samples this rank trained on in the step (added to `clipfleet_samples_total`).
+    pub samples: u64,
+    /// Wall time of the whole step, in seconds (`clipfleet_step_seconds`; with `samples` it
+    /// gives `clipfleet_samples_per_second`).
+    pub seconds: f64,
+    /// The training loss (`clipfleet_loss`).
+    pub loss: f64,
+    /// The logit scale, exponentiated as it multiplies the logits (`clipfleet_logit_scale`).
+    pub logit_scale: f64,
+    /// The learning rate used in the step (`clipfleet_learning_rate`).
+    pub learning_rate: f64,
+    /// The gradient norm before clipping (`clipfleet_grad_norm`), when it was computed.
+    pub grad_norm: Option<f64>,
+}
+
+/// The metrics of one training process (one rank); see the [module docs](self).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    job: String,
+    rank: u32,
+    step: IntGauge,
+    samples_total: IntCounter,
+    samples_per_second: Gauge,
+    loss: Gauge,
+    logit_scale: Gauge,
+    learning_rate: Gauge,
+    grad_norm: Gauge,
+    step_seconds: Histogram,
+    data_wait_seconds: Histogram,
+    all_gather_seconds: Histogram,
+    all_reduce_seconds: Histogram,
+    optimizer_seconds: Histogram,
+    checkpoint_seconds: Histogram,
+    /// One counter per [`SkipReason::ALL`] entry, in that order.
+    samples_skipped: Vec<IntCounter>,
+    /// The [`SkipCounts`] values last added, in [`SkipReason::ALL`] order.
+    skips_synced: Mutex<[u64; SkipReason::ALL.len()]>,
+    shard_bytes_read: IntCounter,
+    restarts: IntCounter,
+    gpu_memory_allocated: IntGauge,
+    eval_top1: Gauge,
+    eval_top5: Gauge,
+    eval_loss: Gauge,
+    /// `[direction][k]`, in [`RECALL_DIRECTIONS`] × [`RECALL_K`] order.
+    eval_recall: [[Gauge; RECALL_K.len()]; RECALL_DIRECTIONS.len()],
+}
+
+impl Metrics {
+    /// Registers every metric, with `job` and `rank` as constant labels on all of them.
+    ///
+    /// # Errors
+    /// [`TrainError::Metrics`] if `job` is not a valid label value (it is empty) or a metric
+    /// cannot be registered.
+    pub fn new(job: &str, rank: u32) -> Result<Metrics> {
+        if job.is_empty() {
+            return Err(TrainError::Metrics("the job label must not be empty".to_string()));
+        }
+        let labels = HashMap::from([("job".to_string(), job.to_string()), ("rank".to_string(), rank.to_string())]);
+        let r = Registrar { registry: Registry::new(), labels };
+        let skipped_vec = r.int_counter_vec(
+            "clipfleet_data_samples_skipped_total",
+            "Samples (or shards) skipped by the data pipeline, by reason.",
+            &["reason"],
+        )?;
+        let samples_skipped = SkipReason::ALL
+            .iter()
+            .map(|reason| skipped_vec.get_metric_with_label_values(&[reason.as_str()]).map_err(metrics_error))
+            .collect::<Result<Vec<_>>>()?;
+        let recall_vec = r.gauge_vec(
+            "clipfleet_eval_retrieval_recall",
+            "Held-out retrieval recall@k (0..1), by direction (image_to_text, text_to_image) and k.",
+            &["direction", "k"],
+        )?;
+        let recall = |direction: &str, k: u32| {
+            recall_vec.get_metric_with_label_values(&[direction, k.to_string().as_str()]).map_err(metrics_error)
+        };
+        let recall_row = |direction: &str| -> Result<[Gauge; 3]> {
+            Ok([recall(direction, RECALL_K[0])?, recall(direction, RECALL_K[1])?, recall(direction, RECALL_K[2])?])
+        };
+        let step_histogram = |name: &str, help: &str| r.histogram(name, help, &STEP_BUCKETS);
+        Ok(Metrics {
+            step: r.int_gauge("clipfleet_step", "The last optimizer step completed.")?,
+            samples_total: r.int_counter("clipfleet_samples_total", "Samples trained on by this rank.")?,
+            samples_per_second: r
+                .gauge("clipfleet_samples_per_second", "Samples per second of this rank, last step.")?,
+            loss: r.gauge("clipfleet_loss", "Training loss of the last step.")?,
+            logit_scale: r.gauge("clipfleet_logit_scale", "The logit scale (exp of the learned log scale).")?,
+            learning_rate: r.gauge("clipfleet_learning_rate", "Learning rate of the last step.")?,
+            grad_norm: r.gauge("clipfleet_grad_norm", "Gradient norm of the last step, before clipping.")?,
+            step_seconds: step_histogram("clipfleet_step_seconds", "Wall time of a training step.")?,
+            data_wait_seconds: step_histogram(
+                "clipfleet_data_wait_seconds",
+                "Time a step waited for its batch from the data pipeline.",
+            )?,
+            all_gather_seconds: step_histogram("clipfleet_all_gather_seconds", "Time spent gathering features.")?,
+            all_reduce_seconds: step_histogram("clipfleet_all_reduce_seconds", "Time spent all-reducing gradients.")?,
+            optimizer_seconds: step_histogram("clipfleet_optimizer_seconds", "Time of the optimizer update.")?,
+            checkpoint_seconds: r.histogram(
+                "clipfleet_checkpoint_seconds",
+                "Time to write and commit a checkpoint.",
+                &CHECKPOINT_BUCKETS,
+            )?,
+            samples_skipped,
+            skips_synced: Mutex::new([0; SkipReason::ALL.len()]),
+            shard_bytes_read: r
+                .int_counter("clipfleet_shard_bytes_read_total", "Bytes of shards read from storage.")?,
+            restarts: r.int_counter("clipfleet_restarts_total", "Times this process resumed a run.")?,
+            gpu_memory_allocated: r
+                .int_gauge("clipfleet_gpu_memory_allocated_bytes", "GPU memory allocated by tensors.")?,
+            eval_top1: r.gauge("clipfleet_eval_zero_shot_top1", "Held-out zero-shot top-1 accuracy (0..1).")?,
+            eval_top5: r.gauge("clipfleet_eval_zero_shot_top5", "Held-out zero-shot top-5 accuracy (0..1).")?,
+            eval_loss: r.gauge("clipfleet_eval_loss", "Held-out contrastive loss.")?,
+            eval_recall: [recall_row(RECALL_DIRECTIONS[0])?, recall_row(RECALL_DIRECTIONS[1])?],
+            registry: r.registry,
+            job: job.to_string(),
+            rank,
+        })
+    }
+
+    /// The `job` label.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The `rank` label.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Records a completed optimizer step: sets `clipfleet_step`, `clipfleet_loss`,
+    /// `clipfleet_logit_scale`, `clipfleet_learning_rate`, `clipfleet_grad_norm` (when given)
+    /// and `clipfleet_samples_per_second`; adds to `clipfleet_samples_total`; observes
+    /// `clipfleet_step_seconds`.
+    pub fn observe_step(&self, s: &StepObservation) {
+        self.step.set(i64::try_from(s.step).unwrap_or(i64::MAX));
+        self.samples_total.inc_by(s.samples);
+        if s.seconds > 0.0 {
+            self.samples_per_second.set(s.samples as f64 / s.seconds);
+        }
+        self.loss.set(s.loss);
+        self.logit_scale.set(s.logit_scale);
+        self.learning_rate.set(s.learning_rate);
+        if let Some(norm) = s.grad_norm {
+            self.grad_norm.set(norm);
+        }
+        self.step_seconds.observe(s.seconds);
+    }
+
+    /// Observes `clipfleet_data_wait_seconds`: how long a step waited for its batch.
+    pub fn observe_data_wait(&self, seconds: f64) {
+        self.data_wait_seconds.observe(seconds);
+    }
+
+    /// Observes `clipfleet_all_gather_seconds`: one all-gather of features.
+    pub fn observe_all_gather(&self, seconds: f64) {
+        self.all_gather_seconds.observe(seconds);
+    }
+
+    /// Observes `clipfleet_all_reduce_seconds`: one all-reduce of gradients.
+    pub fn observe_all_reduce(&self, seconds: f64) {
+        self.all_reduce_seconds.observe(seconds);
+    }
+
+    /// Observes `clipfleet_optimizer_seconds`: one optimizer update.
+    pub fn observe_optimizer(&self, seconds: f64) {
+        self.optimizer_seconds.observe(seconds);
+    }
+
+    /// Observes `clipfleet_checkpoint_seconds`: one checkpoint written and committed.
+    pub fn observe_checkpoint(&self, seconds: f64) {
+        self.checkpoint_seconds.observe(seconds);
+    }
+
+    /// Brings `clipfleet_data_samples_skipped_total{reason}` up to date with `counts` by adding
+    /// what each reason gained since the last call. Call it as often as convenient (every step,
+    /// every log line). A count lower than last time means `counts` is a new set of counters
+    /// (a restarted pipeline): its value is then added whole.
+    pub fn sync_skips(&self, counts: &SkipCounts) {
+        let mut synced = self.skips_synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (i, reason) in SkipReason::ALL.iter().enumerate() {
+            let now = counts.get(*reason);
+            let delta = if now >= synced[i] { now - synced[i] } else { now };
+            if delta > 0 {
+                self.samples_skipped[i].inc_by(delta);
+            }
+            synced[i] = now;
+        }
+    }
+
+    /// Adds to `clipfleet_shard_bytes_read_total` (e.g. the change in a reader's
+    /// `bytes_read()`).
+    pub fn add_bytes_read(&self, bytes: u64) {
+        self.shard_bytes_read.inc_by(bytes);
+    }
+
+    /// Adds one to `clipfleet_restarts_total`; call it when the process resumes a run from a
+    /// checkpoint.
+    pub fn record_restart(&self) {
+        self.restarts.inc();
+    }
+
+    /// Sets `clipfleet_gpu_memory_allocated_bytes`.
+    pub fn set_gpu_memory_allocated(&self, bytes: u64) {
+        self.gpu_memory_allocated.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the evaluation gauges from a report: `clipfleet_eval_zero_shot_top1`/`top5` (left
+    /// as they were when the report has no zero-shot result),
+    /// `clipfleet_eval_retrieval_recall{direction,k}` and `clipfleet_eval_loss`.
+    pub fn set_eval(&self, report: &EvalReport) {
+        if let Some(top1) = report.zero_shot_top1 {
+            self.eval_top1.set(top1);
+        }
+        if let Some(top5) = report.zero_shot_top5 {
+            self.eval_top5.set(top5);
+        }
+        self.eval_loss.set(report.val_loss);
+        let recalls = [
+            [report.image_to_text_r1, report.image_to_text_r5, report.image_to_text_r10],
+            [report.text_to_image_r1, report.text_to_image_r5, report.text_to_image_r10],
+        ];
+        for (gauges, values) in self.eval_recall.iter().zip(recalls) {
+            for (gauge, value) in gauges.iter().zip(values) {
+                gauge.set(value);
+            }
+        }
+    }
+
+    /// The current values in Prometheus' text exposition format (what `/metrics` returns).
+    ///
+    /// # Errors
+    /// [`TrainError::Metrics`] if encoding fails.
+    pub fn render(&self) -> Result<String> {
+        http::render(&self.registry)
+    }
+
+    /// Serves `GET /metrics` on `addr` from a background thread that lives as long as the
+    /// process. Port 0 picks a free port; the address actually bound is returned.
+    ///
+    /// # Errors
+    /// [`TrainError::Metrics`] when `addr` cannot be bound (in use, not local, no permission)
+    /// or the thread cannot start.
+    pub fn serve(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        http::serve(self.registry.clone(), addr)
+    }
+}
+
+fn metrics_error(e: prometheus::Error) -> TrainError {
+    TrainError::Metrics(e.to_string())
+}
+
+/// Creates metrics with the constant labels `job` and `rank` and registers them.
+struct Registrar {
+    registry: Registry,
+    labels: HashMap<String, String>,
+}
+
+impl Registrar {
+    fn opts(&self, name: &str, help: &str) -> Opts {
+        Opts::new(name, help).const_labels(self.labels.clone())
+    }
+
+    fn register<C: Collector + Clone + 'static>(&self, collector: prometheus::Result<C>) -> Result<C> {
+        let collector = collector.map_err(metrics_error)?;
+        self.registry.register(Box::new(collector.clone())).map_err(metrics_error)?;
+        Ok(collector)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<Gauge> {
+        self.register(Gauge::with_opts(self.opts(name, help)))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> Result<IntGauge> {
+        self.register(IntGauge::with_opts(self.opts(name, help)))
+    }
+
+    fn int_counter(&self, name: &str, help: &str) -> Result<IntCounter> {
+        self.register(IntCounter::with_opts(self.opts(name, help)))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
+        self.register(GaugeVec::new(self.opts(name, help), labels))
+    }
+
+    fn int_counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+        self.register(IntCounterVec::new(self.opts(name, help), labels))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Result<Histogram> {
+        let opts = HistogramOpts::new(name, help).const_labels(self.labels.clone()).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+        text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no line {prefix}:\n{text}"))
+    }
+
+    #[test]
+    fn renders_every_design_name_with_job_and_rank() {
+        let m = Metrics::new("j", 2).expect("metrics");
+        let text = m.render().expect("render");
+        for name in [
+            "clipfleet_step",
+            "clipfleet_samples_total",
+            "clipfleet_samples_per_second",
+            "clipfleet_loss",
+            "clipfleet_logit_scale",
+            "clipfleet_learning_rate",
+            "clipfleet_grad_norm",
+            "clipfleet_step_seconds_bucket",
+            "clipfleet_data_wait_seconds_bucket",
+            "clipfleet_all_gather_seconds_bucket",
+            "clipfleet_all_reduce_seconds_bucket",
+            "clipfleet_optimizer_seconds_bucket",
+            "clipfleet_data_samples_skipped_total",
+            "clipfleet_shard_bytes_read_total",
+            "clipfleet_checkpoint_seconds_bucket",
+            "clipfleet_restarts_total",
+            "clipfleet_gpu_memory_allocated_bytes",
+            "clipfleet_eval_zero_shot_top1",
+            "clipfleet_eval_zero_shot_top5",
+            "clipfleet_eval_retrieval_recall",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                    && l.contains(r#"job="j""#)
+                    && l.contains(r#"rank="2""#)),
+                "{name}:\n{text}"
+            );
+        }
+        for reason in SkipReason::ALL {
+            assert!(text.contains(&format!(r#"reason="{}""#, reason.as_str())), "{reason}");
+        }
+        assert!(Metrics::new("", 0).is_err());
+    }
+
+    #[test]
+    fn step_and_skips_and_eval() {
+        let m = Metrics::new("j", 0).expect("metrics");
+        let obs = StepObservation {
+            step: 7,
+            samples: 64,
+            seconds: 0.5,
+            loss: 2.5,
+            logit_scale: 14.0,
+            learning_rate: 1e-3,
+            grad_norm: None,
+        };
+        m.observe_step(&obs);
+        m.observe_step(&StepObservation { step: 8, ..obs });
+        let counts = SkipCounts::default();
+        counts.record(SkipReason::CorruptImage);
+        counts.record(SkipReason::CorruptImage);
+        m.sync_skips(&counts);
+        m.sync_skips(&counts); // no change: nothing added
+        counts.record(SkipReason::CorruptImage);
+        m.sync_skips(&counts);
+        let fresh = SkipCounts::default(); // a restarted pipeline: added whole
+        fresh.record(SkipReason::CorruptImage);
+        m.sync_skips(&fresh);
+        let report: EvalReport = serde_json::from_value(serde_json::json!({
+            "zero_shot_top1": 0.5, "zero_shot_top5": 0.75,
+            "image_to_text_r1": 0.125, "image_to_text_r5": 0.25, "image_to_text_r10": 0.5,
+            "text_to_image_r1": 0.0625, "text_to_image_r5": 0.375, "text_to_image_r10": 0.625,
+            "val_loss": 1.5, "num_samples": 64, "num_classes": 8, "step": 8,
+        }))
+        .expect("an EvalReport");
+        m.set_eval(&report);
+        let text = m.render().expect("render");
+        assert!(line(&text, "clipfleet_step{").ends_with(" 8"), "{text}");
+        assert!(line(&text, "clipfleet_samples_total{").ends_with(" 128"));
+        assert!(line(&text, "clipfleet_samples_per_second{").ends_with(" 128"));
+        assert!(line(&text, "clipfleet_step_seconds_count{").ends_with(" 2"));
+        assert!(
+            line(&text, r#"clipfleet_data_samples_skipped_total{job="j",rank="0",reason="corrupt_image"}"#)
+                .ends_with(" 4"),
+            "{text}"
+        );
+        assert!(line(&text, r#"clipfleet_data_samples_skipped_total{job="j",rank="0",reason="missing_caption"}"#)
+            .ends_with(" 0"));
+        assert!(line(&text, "clipfleet_eval_zero_shot_top1{").ends_with(" 0.5"));
+        assert!(
+            line(&text, r#"clipfleet_eval_retrieval_recall{direction="image_to_text",job="j",k="5",rank="0"}"#)
+                .ends_with(" 0.25"),
+            "{text}"
+        );
+    }
+}
