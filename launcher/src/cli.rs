@@ -77,7 +77,8 @@ pub(crate) struct TrainArgs {
     /// An OpenCLIP model-config JSON file (instead of --model).
     #[arg(long, value_name = "FILE")]
     pub(crate) model_config: Option<PathBuf>,
-    /// BPE vocabulary file (bpe_simple_vocab_16e6.txt.gz) for models with OpenCLIP's vocabulary.
+    /// Tokenizer file: OpenCLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz) or a Hugging Face
+    /// tokenizer.json (default for OpenCLIP's 49,408-token vocabulary: CLIPFLEET_BPE_VOCAB, then .cache/).
     #[arg(long, value_name = "PATH")]
     pub(crate) vocab: Option<PathBuf>,
     /// Pairs per worker per step.
@@ -131,9 +132,54 @@ pub(crate) struct TrainArgs {
     /// libtorch intra-op threads (0: libtorch's default).
     #[arg(long)]
     pub(crate) threads: Option<i64>,
-    /// Samples in one epoch of the synthetic training split.
+    /// Samples per epoch (default: 1,000,000 for the synthetic data; for shards, from the
+    /// sizes.json beside them; required with --dataset-resampled).
     #[arg(long, value_name = "N")]
     pub(crate) train_num_samples: Option<u64>,
+    /// Training shards: brace patterns joined with `::`, local paths or s3://, gs://, az://,
+    /// http(s):// URLs (WebDataset .tar or img2dataset .parquet). Unset: the synthetic data.
+    #[arg(long, value_name = "URLS")]
+    pub(crate) train_data: Option<String>,
+    /// Validation shards, read in order (retrieval recall and loss). Unset: the synthetic held-out split.
+    #[arg(long, value_name = "URLS")]
+    pub(crate) val_data: Option<String>,
+    /// Draw shards with replacement, weighted per source (needs --train-num-samples).
+    #[arg(long)]
+    pub(crate) dataset_resampled: bool,
+    /// Per-source sampling weights joined with `::`, e.g. `1::3` (with --dataset-resampled).
+    #[arg(long, value_name = "W::W")]
+    pub(crate) train_data_upsampling_factors: Option<String>,
+    /// Canonical data partitions: a multiple of the world size that divides the global batch
+    /// (default: from the shard count; a resumed run keeps its checkpoint's).
+    #[arg(long, value_name = "N")]
+    pub(crate) data_partitions: Option<usize>,
+    /// Samples per shuffle window of a data partition (default 1000).
+    #[arg(long, value_name = "N")]
+    pub(crate) shuffle_window: Option<u64>,
+    /// Decode threads (default 0: the cores divided by the local world size).
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+    /// Stop when more than this fraction of samples is skipped as bad input (default 0.01).
+    #[arg(long, value_name = "F")]
+    pub(crate) max_skip_fraction: Option<f64>,
+    /// Where WebDataset captions come from: txt (default) or json:FIELD.
+    #[arg(long, value_name = "txt|json:FIELD")]
+    pub(crate) caption_key: Option<String>,
+    /// The image column of Parquet shards (default jpg).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) parquet_image_column: Option<String>,
+    /// The caption column of Parquet shards (default caption, then txt).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) parquet_caption_column: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, logged).
+    #[arg(long, value_name = "PORT")]
+    pub(crate) metrics_port: Option<u16>,
+    /// The address the metrics exporter binds (default 0.0.0.0).
+    #[arg(long, value_name = "IP")]
+    pub(crate) metrics_host: Option<String>,
+    /// The `job` label of every metric (default clipfleet).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) job_name: Option<String>,
     /// Print the final evaluation as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -145,6 +191,9 @@ pub(crate) struct EvalArgs {
     /// A run folder (its latest checkpoint is used) or one checkpoint folder.
     #[arg(long, value_name = "DIR")]
     pub(crate) checkpoint: PathBuf,
+    /// Validation shards to evaluate on (default: the run's val_data, else the synthetic held-out split).
+    #[arg(long, value_name = "URLS")]
+    pub(crate) val_data: Option<String>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,

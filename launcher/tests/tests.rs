@@ -7,3 +7,4 @@ mod crash;
 mod embed;
 mod resume;
 mod shards;
+mod train_shards;

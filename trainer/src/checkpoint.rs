@@ -60,6 +60,9 @@ pub struct CheckpointState {
     pub step: i64,
     /// Where the data stream continues.
     pub data: DataPosition,
+    /// The shard loader's exact position (runs on `train_data` shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<clipfleet_dataloader::loader::LoaderState>,
     /// The RNG state.
     pub rng: RngState,
     /// The resolved training config.

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use clipfleet_dataloader::loader::DataSpec;
+use clipfleet_dataloader::webdataset::CaptionSource;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, Result, TrainError};
@@ -60,10 +62,42 @@ pub struct TrainConfig {
     pub device: String,
     /// libtorch intra-op threads (0: libtorch's default).
     pub threads: i64,
-    /// Samples in one epoch of the synthetic training split.
-    pub train_num_samples: u64,
-    /// Synthetic batches prepared ahead of the trainer (bounded queue).
+    /// Samples per epoch. Synthetic data: default 1,000,000. Shards: default from the
+    /// `sizes.json` beside them (or Parquet footers); required with `dataset_resampled`.
+    pub train_num_samples: Option<u64>,
+    /// Batches prepared ahead of the trainer (bounded queue).
     pub prefetch: usize,
+    /// Training shards: brace patterns (`/data/shard-{000000..000099}.tar`) joined with `::`,
+    /// local paths or s3://, gs://, az://, http(s):// URLs. Unset: the built-in synthetic data.
+    pub train_data: Option<String>,
+    /// Validation shards, read in order with the evaluation transform (retrieval and loss;
+    /// zero-shot classification needs the synthetic classes). Unset: the synthetic held-out split.
+    pub val_data: Option<String>,
+    /// Draw shards with replacement, weighted per source (OpenCLIP's `--dataset-resampled`).
+    pub dataset_resampled: bool,
+    /// Per-source sampling weights joined with `::` (with `dataset_resampled`).
+    pub train_data_upsampling_factors: Option<String>,
+    /// Canonical data partitions (a multiple of the world size dividing the global batch).
+    /// Unset: chosen from the shard count; a resumed run keeps its checkpoint's.
+    pub data_partitions: Option<usize>,
+    /// Samples per shuffle window of a data partition.
+    pub shuffle_window: u64,
+    /// Decode threads (0: the cores divided by the local world size).
+    pub workers: usize,
+    /// Stop the run when more than this fraction of samples is skipped as bad input.
+    pub max_skip_fraction: f64,
+    /// Where WebDataset captions come from: `txt`, or `json:FIELD` for a field of the `json` member.
+    pub caption_key: String,
+    /// The binary image column of Parquet shards.
+    pub parquet_image_column: String,
+    /// The caption column of Parquet shards (unset: `caption`, then `txt`).
+    pub parquet_caption_column: Option<String>,
+    /// Serve Prometheus metrics on this TCP port (0: any free port, logged). Unset: no exporter.
+    pub metrics_port: Option<u16>,
+    /// The address the exporter binds.
+    pub metrics_host: String,
+    /// The `job` label of every metric.
+    pub job_name: String,
 }
 
 impl Default for TrainConfig {
@@ -92,8 +126,22 @@ impl Default for TrainConfig {
             log_every: 20,
             device: "auto".into(),
             threads: 0,
-            train_num_samples: 1_000_000,
+            train_num_samples: None,
             prefetch: 4,
+            train_data: None,
+            val_data: None,
+            dataset_resampled: false,
+            train_data_upsampling_factors: None,
+            data_partitions: None,
+            shuffle_window: clipfleet_dataloader::loader::DEFAULT_SHUFFLE_WINDOW,
+            workers: 0,
+            max_skip_fraction: clipfleet_dataloader::loader::DEFAULT_MAX_SKIP_FRACTION,
+            caption_key: "txt".into(),
+            parquet_image_column: "jpg".into(),
+            parquet_caption_column: None,
+            metrics_port: None,
+            metrics_host: "0.0.0.0".into(),
+            job_name: "clipfleet".into(),
         }
     }
 }
@@ -114,6 +162,38 @@ impl TrainConfig {
     /// The parsed schedule.
     pub fn scheduler(&self) -> Result<LrScheduler, ConfigError> {
         LrScheduler::parse(&self.lr_scheduler)
+    }
+
+    /// Where WebDataset captions come from, parsed from `caption_key`.
+    pub fn caption_source(&self) -> Result<CaptionSource, ConfigError> {
+        match self.caption_key.as_str() {
+            "txt" => Ok(CaptionSource::Txt),
+            other => match other.strip_prefix("json:") {
+                Some(field) if !field.is_empty() => Ok(CaptionSource::Json { field: field.to_string() }),
+                _ => Err(ConfigError::invalid("caption_key", other, "txt, or json:FIELD")),
+            },
+        }
+    }
+
+    /// The shard-reading settings shared by training and validation data, for `urls`.
+    pub fn data_spec(&self, urls: &str, local_world: usize) -> Result<DataSpec, ConfigError> {
+        let mut spec = DataSpec::new(urls);
+        spec.upsampling_factors = self.train_data_upsampling_factors.clone();
+        spec.resampled = self.dataset_resampled;
+        spec.num_samples = self.train_num_samples;
+        spec.partitions = self.data_partitions;
+        spec.shuffle_window = self.shuffle_window;
+        spec.format.caption = self.caption_source()?;
+        spec.format.parquet.columns.image = self.parquet_image_column.clone();
+        spec.format.parquet.columns.caption = self.parquet_caption_column.clone();
+        if self.workers > 0 {
+            spec.decode_threads = self.workers;
+        } else {
+            spec.decode_threads = (spec.decode_threads / local_world.max(1)).max(1);
+        }
+        spec.prefetch_batches = self.prefetch;
+        spec.max_skip_fraction = self.max_skip_fraction;
+        Ok(spec)
     }
 
     /// The model config: the JSON file if given, else the preset.
@@ -167,12 +247,41 @@ impl TrainConfig {
         }
         self.scheduler()?;
         crate::device::parse_device(&self.device)?;
-        if self.train_num_samples < self.batch_size as u64 {
+        if let Some(n) = self.train_num_samples {
+            if n < self.batch_size as u64 {
+                return Err(ConfigError::invalid(
+                    "train_num_samples",
+                    n,
+                    format!("at least batch_size ({})", self.batch_size),
+                ));
+            }
+        }
+        if self.train_data.is_none() && (self.dataset_resampled || self.train_data_upsampling_factors.is_some()) {
             return Err(ConfigError::invalid(
-                "train_num_samples",
-                self.train_num_samples,
-                format!("at least batch_size ({})", self.batch_size),
+                "train_data",
+                "unset",
+                "shard URLs (dataset_resampled and train_data_upsampling_factors apply to shards)",
             ));
+        }
+        if !(0.0..=1.0).contains(&self.max_skip_fraction) {
+            return Err(ConfigError::invalid("max_skip_fraction", self.max_skip_fraction, "a number in [0, 1]"));
+        }
+        if self.shuffle_window < 1 {
+            return Err(ConfigError::invalid("shuffle_window", self.shuffle_window, "an integer >= 1"));
+        }
+        if self.data_partitions == Some(0) {
+            return Err(ConfigError::invalid("data_partitions", 0, "an integer >= 1 dividing batch_size, or unset"));
+        }
+        self.caption_source()?;
+        if self.metrics_host.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "metrics_host",
+                &self.metrics_host,
+                "an IP address, such as 0.0.0.0 or 127.0.0.1",
+            ));
+        }
+        if self.job_name.is_empty() {
+            return Err(ConfigError::invalid("job_name", "", "a non-empty label value"));
         }
         if self.prefetch < 1 {
             return Err(ConfigError::invalid("prefetch", self.prefetch, "an integer >= 1"));

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use clipfleet_dataloader::batch::ImageBatch;
+use clipfleet_dataloader::loader::{Loader, LoaderState};
 use clipfleet_dataloader::sampling::EpochPermutation;
+use clipfleet_dataloader::skip::SkipCounts;
 use clipfleet_dataloader::synthetic::{Split, SyntheticDataset};
 use clipfleet_dataloader::tokenizer::bpe::default_vocab_path;
 use clipfleet_dataloader::tokenizer::word::{WordTokenizer, WORD_VOCAB_SIZE};
@@ -43,21 +45,80 @@ pub struct HostBatch {
     pub labels: Vec<u32>,
     /// The stream position after this batch: what a checkpoint taken after it stores.
     pub position_after: DataPosition,
+    /// The shard loader's exact position after this batch (shard data only).
+    pub shards_after: Option<LoaderState>,
 }
 
-/// Picks the tokenizer for a model: the built-in word tokenizer for the synthetic
-/// 512-token vocabulary, OpenCLIP's BPE for the 49,408-token vocabulary.
+/// The training stream: the synthetic generator or the shard loader.
+#[derive(Debug)]
+pub enum TrainStream {
+    /// The built-in synthetic data.
+    Synthetic(SyntheticStream),
+    /// `train_data` shards.
+    Shards(Box<Loader>),
+}
+
+impl TrainStream {
+    /// The next batch; blocks while the producers catch up.
+    pub fn next_batch(&mut self) -> Result<HostBatch> {
+        match self {
+            TrainStream::Synthetic(s) => s.next_batch(),
+            TrainStream::Shards(loader) => {
+                let batch =
+                    loader.next_batch()?.ok_or_else(|| TrainError::Pipeline("the training stream ended".into()))?;
+                let state = batch.state_after;
+                let global = loader.config().global_batch_size as u64;
+                Ok(HostBatch {
+                    images: batch.images,
+                    tokens: batch.tokens,
+                    labels: Vec::new(),
+                    position_after: DataPosition { epoch: state.epoch, samples_in_epoch: state.step * global },
+                    shards_after: Some(state),
+                })
+            }
+        }
+    }
+
+    /// Skips so far (shards only).
+    pub fn skips(&self) -> Option<Arc<SkipCounts>> {
+        match self {
+            TrainStream::Synthetic(_) => None,
+            TrainStream::Shards(loader) => Some(loader.skips()),
+        }
+    }
+}
+
+/// Picks the tokenizer for a model. A `vocab` file wins: a Hugging Face `tokenizer.json` or
+/// OpenCLIP's BPE merges, whose ids must fit the model's vocabulary. Without one: the built-in
+/// word tokenizer for the synthetic 512-token vocabulary, OpenCLIP's BPE (from the default
+/// path) for the 49,408-token vocabulary.
 pub fn tokenizer_for(model: &ClipConfig, vocab: Option<&Path>) -> Result<Arc<dyn Tokenizer>> {
-    match model.text_cfg.vocab_size as usize {
+    let model_vocab = model.text_cfg.vocab_size as usize;
+    if let Some(path) = vocab {
+        let tokenizer = clipfleet_dataloader::tokenizer::load(path)?;
+        if tokenizer.vocab_size() > model_vocab {
+            return Err(ConfigError::invalid(
+                "vocab",
+                path.display(),
+                format!(
+                    "a tokenizer with at most text_cfg.vocab_size = {model_vocab} ids (this one has {})",
+                    tokenizer.vocab_size()
+                ),
+            )
+            .into());
+        }
+        return Ok(tokenizer);
+    }
+    match model_vocab {
         WORD_VOCAB_SIZE => Ok(Arc::new(WordTokenizer::new())),
         49408 => {
-            let path = match vocab.map(Path::to_path_buf).or_else(default_vocab_path) {
+            let path = match default_vocab_path() {
                 Some(p) => p,
                 None => {
                     return Err(ConfigError::invalid(
                         "vocab",
                         "unset",
-                        "the path of bpe_simple_vocab_16e6.txt.gz (run scripts/setup.sh to fetch it into .cache/, or set CLIPFLEET_BPE_VOCAB)",
+                        "the path of bpe_simple_vocab_16e6.txt.gz or a tokenizer.json (run scripts/setup.sh to fetch the former into .cache/, or set CLIPFLEET_BPE_VOCAB)",
                     )
                     .into())
                 }
@@ -67,7 +128,7 @@ pub fn tokenizer_for(model: &ClipConfig, vocab: Option<&Path>) -> Result<Arc<dyn
         other => Err(ConfigError::invalid(
             "text_cfg.vocab_size",
             other,
-            format!("{WORD_VOCAB_SIZE} (synthetic word tokenizer) or 49408 (OpenCLIP BPE)"),
+            format!("{WORD_VOCAB_SIZE} (synthetic word tokenizer) or 49408 (OpenCLIP BPE), or set vocab to a tokenizer file"),
         )
         .into()),
     }
@@ -141,7 +202,7 @@ impl SyntheticStream {
                     let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
                     let tokens = tokenizer.tokenize_batch(&texts, cfg.context_length);
                     pos.samples_in_epoch += b;
-                    let batch = HostBatch { images, tokens, labels, position_after: pos };
+                    let batch = HostBatch { images, tokens, labels, position_after: pos, shards_after: None };
                     if tx.send(batch).is_err() {
                         return;
                     }

@@ -1,22 +1,29 @@
-//! Evaluation on the held-out synthetic split: zero-shot classification with prompt
-//! templates, image↔text retrieval, and the validation loss.
+//! Evaluation: image↔text retrieval and the validation loss on held-out pairs (the synthetic
+//! held-out split or `val_data` shards), and zero-shot classification with prompt templates
+//! on the synthetic classes.
 
+use std::sync::Arc;
+
+use clipfleet_dataloader::batch::ImageBatch;
+use clipfleet_dataloader::loader::{Loader, LoaderConfig};
+use clipfleet_dataloader::store::ShardStore;
 use clipfleet_dataloader::synthetic::{class_names, zero_shot_templates, Split, SyntheticDataset};
 use clipfleet_dataloader::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::data::{images_to_tensor, tokens_to_tensor};
+use crate::error::{Result, TrainError};
 use crate::loss::clip_loss_global;
 use crate::model::{l2_normalize, Clip};
 
 /// What `clipfleet eval --json` prints. Recalls and accuracies are fractions in [0, 1].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
-    /// Zero-shot top-1 accuracy over [`EvalReport::num_classes`] classes.
-    pub zero_shot_top1: f64,
-    /// Zero-shot top-5 accuracy.
-    pub zero_shot_top5: f64,
+    /// Zero-shot top-1 accuracy over [`EvalReport::num_classes`] classes (synthetic data only).
+    pub zero_shot_top1: Option<f64>,
+    /// Zero-shot top-5 accuracy (synthetic data only).
+    pub zero_shot_top5: Option<f64>,
     /// Image→text recall@1 over the held-out captions.
     pub image_to_text_r1: f64,
     /// Image→text recall@5.
@@ -33,7 +40,7 @@ pub struct EvalReport {
     pub val_loss: f64,
     /// Held-out pairs evaluated.
     pub num_samples: i64,
-    /// Zero-shot classes.
+    /// Zero-shot classes (0 without zero-shot classification).
     pub num_classes: i64,
     /// The optimizer step of the evaluated weights.
     pub step: i64,
@@ -48,7 +55,18 @@ fn recall_at(scores: &Tensor, truth: &Tensor, ks: &[i64]) -> Vec<f64> {
     ks.iter().map(|&k| rank.lt(k).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])).collect()
 }
 
-/// Runs the whole evaluation on the first `samples` held-out pairs.
+/// One batch of held-out pairs.
+#[derive(Debug)]
+pub struct EvalBatch {
+    /// uint8 NHWC images.
+    pub images: ImageBatch,
+    /// Token ids, row-major.
+    pub tokens: Vec<i64>,
+    /// Synthetic class labels, for zero-shot classification.
+    pub labels: Option<Vec<i64>>,
+}
+
+/// Runs the whole evaluation on the first `samples` held-out synthetic pairs.
 pub fn evaluate(
     model: &Clip,
     dataset: &SyntheticDataset,
@@ -56,60 +74,133 @@ pub fn evaluate(
     samples: i64,
     batch_size: i64,
     step: i64,
-) -> EvalReport {
+) -> Result<EvalReport> {
+    let ctx = model.config().text_cfg.context_length as usize;
+    let starts = (0..samples).step_by(batch_size.max(1) as usize);
+    let batches = starts.map(|start| {
+        let n = batch_size.min(samples - start);
+        let indices: Vec<u64> = (start as u64..(start + n) as u64).collect();
+        let (images, captions, labels) = dataset.batch(Split::Val, &indices, None);
+        let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let tokens = tokenizer.tokenize_batch(&texts, ctx);
+        Ok(EvalBatch { images, tokens, labels: Some(labels.iter().map(|&l| i64::from(l)).collect()) })
+    });
+    evaluate_batches(model, batches, tokenizer, step)
+}
+
+/// Runs the evaluation on the first `samples` pairs of `val_data` shards, read in order with
+/// the evaluation transform. Retrieval and loss only: shards carry no class names.
+///
+/// # Errors
+/// Fatal data errors (a missing shard, skips over the limit).
+pub fn evaluate_shards(
+    model: &Clip,
+    cfg: LoaderConfig,
+    store: Arc<ShardStore>,
+    tokenizer: Arc<dyn Tokenizer>,
+    samples: i64,
+    step: i64,
+) -> Result<EvalReport> {
+    let mut loader = Loader::new(cfg, store, Arc::clone(&tokenizer), None)?;
+    let ctx = model.config().text_cfg.context_length as usize;
+    let mut remaining = samples.max(0) as usize;
+    let batches = std::iter::from_fn(move || {
+        if remaining == 0 {
+            return None;
+        }
+        match loader.next_batch() {
+            Ok(None) => None,
+            Ok(Some(mut b)) => {
+                let n = b.keys.len().min(remaining);
+                remaining -= n;
+                let pixels = b.images.height * b.images.width * 3;
+                b.images.data.truncate(n * pixels);
+                b.images.batch = n;
+                b.tokens.truncate(n * ctx);
+                Some(Ok(EvalBatch { images: b.images, tokens: b.tokens, labels: None }))
+            }
+            Err(e) => Some(Err(e.into())),
+        }
+    });
+    evaluate_batches(model, batches, tokenizer.as_ref(), step)
+}
+
+/// Runs the evaluation over `batches`; zero-shot classification when every batch has labels.
+///
+/// # Errors
+/// The first error of `batches`; [`TrainError::Pipeline`] when they hold fewer than 2 pairs.
+pub fn evaluate_batches(
+    model: &Clip,
+    batches: impl Iterator<Item = Result<EvalBatch>>,
+    tokenizer: &dyn Tokenizer,
+    step: i64,
+) -> Result<EvalReport> {
     let device = model.device();
     let ctx = model.config().text_cfg.context_length;
     tch::no_grad(|| {
         let mut image_feats = Vec::new();
         let mut text_feats = Vec::new();
-        let mut labels = Vec::new();
+        let mut labels: Option<Vec<i64>> = Some(Vec::new());
         let mut losses = Vec::new();
         let scale = model.logit_scale().exp();
-        let mut start = 0i64;
-        while start < samples {
-            let n = batch_size.min(samples - start);
-            let indices: Vec<u64> = (start as u64..(start + n) as u64).collect();
-            let (images, captions, batch_labels) = dataset.batch(Split::Val, &indices, None);
-            let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
-            let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(&texts, ctx as usize), ctx, device);
-            let (img, txt) = model.forward(&images_to_tensor(&images, device), &tokens);
+        for batch in batches {
+            let batch = batch?;
+            let n = batch.images.batch as i64;
+            if n == 0 {
+                continue;
+            }
+            let tokens = tokens_to_tensor(&batch.tokens, ctx, device);
+            let (img, txt) = model.forward(&images_to_tensor(&batch.images, device), &tokens);
             if n > 1 {
                 losses.push((n as f64, clip_loss_global(&img, &txt, &scale).double_value(&[])));
             }
             image_feats.push(img.to_kind(Kind::Float));
             text_feats.push(txt.to_kind(Kind::Float));
-            labels.extend(batch_labels.iter().map(|&l| l as i64));
-            start += n;
+            match (&mut labels, batch.labels) {
+                (Some(all), Some(l)) => all.extend(l),
+                _ => labels = None,
+            }
+        }
+        let samples: i64 = image_feats.iter().map(|t| t.size()[0]).sum();
+        if samples < 2 {
+            return Err(TrainError::Pipeline(format!(
+                "the validation data holds {samples} usable pair(s); evaluation needs 2 or more"
+            )));
         }
         let images = Tensor::cat(&image_feats, 0);
         let texts = Tensor::cat(&text_feats, 0);
-        let labels = Tensor::from_slice(&labels).to_device(device);
 
         // Zero-shot: one classifier row per class, the renormalised mean of its prompts.
-        let names = class_names();
-        let templates = zero_shot_templates();
-        let mut class_rows = Vec::with_capacity(names.len());
-        for name in &names {
-            let prompts: Vec<String> = templates.iter().map(|t| t.replace("{}", name)).collect();
-            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(&refs, ctx as usize), ctx, device);
-            let emb = l2_normalize(&model.encode_text(&tokens)).to_kind(Kind::Float);
-            class_rows.push(l2_normalize(&emb.mean_dim(0, false, Kind::Float)));
-        }
-        let classifier = Tensor::stack(&class_rows, 0);
-        let logits = images.matmul(&classifier.tr());
-        let zs = recall_at(&logits, &labels, &[1, 5]);
+        let (zs, num_classes) = match labels {
+            Some(labels) => {
+                let labels = Tensor::from_slice(&labels).to_device(device);
+                let names = class_names();
+                let templates = zero_shot_templates();
+                let mut class_rows = Vec::with_capacity(names.len());
+                for name in &names {
+                    let prompts: Vec<String> = templates.iter().map(|t| t.replace("{}", name)).collect();
+                    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+                    let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(&refs, ctx as usize), ctx, device);
+                    let emb = l2_normalize(&model.encode_text(&tokens)).to_kind(Kind::Float);
+                    class_rows.push(l2_normalize(&emb.mean_dim(0, false, Kind::Float)));
+                }
+                let classifier = Tensor::stack(&class_rows, 0);
+                let logits = images.matmul(&classifier.tr());
+                let zs = recall_at(&logits, &labels, &[1, 5]);
+                ((Some(zs[0]), Some(zs[1])), names.len() as i64)
+            }
+            None => ((None, None), 0),
+        };
 
         let sims = images.matmul(&texts.tr());
         let diag = Tensor::arange(samples, (Kind::Int64, device));
         let i2t = recall_at(&sims, &diag, &[1, 5, 10]);
         let t2i = recall_at(&sims.tr(), &diag, &[1, 5, 10]);
-        // Weighted by batch size; `samples >= 2` (validated) guarantees one batch of two or more.
         let weight: f64 = losses.iter().map(|(n, _)| n).sum();
         let val_loss = losses.iter().map(|(n, l)| n * l).sum::<f64>() / weight.max(1.0);
-        EvalReport {
-            zero_shot_top1: zs[0],
-            zero_shot_top5: zs[1],
+        Ok(EvalReport {
+            zero_shot_top1: zs.0,
+            zero_shot_top5: zs.1,
             image_to_text_r1: i2t[0],
             image_to_text_r5: i2t[1],
             image_to_text_r10: i2t[2],
@@ -118,8 +209,8 @@ pub fn evaluate(
             text_to_image_r10: t2i[2],
             val_loss,
             num_samples: samples,
-            num_classes: names.len() as i64,
+            num_classes,
             step,
-        }
+        })
     })
 }

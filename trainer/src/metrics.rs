@@ -40,15 +40,19 @@ pub const RECALL_K: [u32; 3] = [1, 5, 10];
 /// The `direction` values of `clipfleet_eval_retrieval_recall{direction,k}`.
 pub const RECALL_DIRECTIONS: [&str; 2] = ["image_to_text", "text_to_image"];
 
-/// What one optimizer step did, for [`Metrics::observe_step`].
+/// What the optimizer steps since the last observation did, for [`Metrics::observe_step`].
+/// The training loop reads the loss back only every `log_every` steps (no host sync per
+/// step), so one observation covers that window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepObservation {
     /// The optimizer step just completed (`clipfleet_step`).
     pub step: u64,
-    /// Samples this rank trained on in the step (added to `clipfleet_samples_total`).
+    /// Optimizer steps covered (at least 1).
+    pub steps: u64,
+    /// Samples this rank trained on in those steps (added to `clipfleet_samples_total`).
     pub samples: u64,
-    /// Wall time of the whole step, in seconds (`clipfleet_step_seconds`; with `samples` it
-    /// gives `clipfleet_samples_per_second`).
+    /// Wall time of those steps, in seconds (each step is observed in `clipfleet_step_seconds`
+    /// at the window's mean; with `samples` it gives `clipfleet_samples_per_second`).
     pub seconds: f64,
     /// The training loss (`clipfleet_loss`).
     pub loss: f64,
@@ -191,7 +195,10 @@ impl Metrics {
         if let Some(norm) = s.grad_norm {
             self.grad_norm.set(norm);
         }
-        self.step_seconds.observe(s.seconds);
+        let steps = s.steps.max(1);
+        for _ in 0..steps {
+            self.step_seconds.observe(s.seconds / steps as f64);
+        }
     }
 
     /// Observes `clipfleet_data_wait_seconds`: how long a step waited for its batch.
@@ -392,6 +399,7 @@ mod tests {
         let m = Metrics::new("j", 0).expect("metrics");
         let obs = StepObservation {
             step: 7,
+            steps: 1,
             samples: 64,
             seconds: 0.5,
             loss: 2.5,

@@ -2,9 +2,12 @@
 //! logging, checkpoints and evaluation, and exact resume.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
+use clipfleet_dataloader::loader::{Loader, LoaderConfig, LoaderState};
 use clipfleet_dataloader::rng::Rng;
+use clipfleet_dataloader::store::{ShardStore, ShardStoreOptions};
 use clipfleet_dataloader::synthetic::SyntheticDataset;
 use indicatif::ProgressBar;
 use tch::Kind;
@@ -13,11 +16,13 @@ use crate::checkpoint::{self, Checkpoint, CheckpointState, RngState, FORMAT_VERS
 use crate::config::TrainConfig;
 use crate::data::{
     images_to_tensor, tokenizer_for, tokens_to_tensor, DataPosition, SyntheticStream, SyntheticStreamConfig,
+    TrainStream,
 };
 use crate::device::resolve_device;
-use crate::error::{Result, TrainError};
-use crate::eval::{evaluate, EvalReport};
+use crate::error::{ConfigError, Result, TrainError};
+use crate::eval::{evaluate, evaluate_shards, EvalReport};
 use crate::loss::clip_loss_global;
+use crate::metrics::{Metrics, StepObservation};
 use crate::model::Clip;
 use crate::optim::AdamW;
 
@@ -65,6 +70,9 @@ pub struct TrainSummary {
     pub samples_per_second: f64,
 }
 
+/// Samples per epoch of the synthetic training split when `train_num_samples` is unset.
+pub const SYNTHETIC_EPOCH: u64 = 1_000_000;
+
 const TORCH_SEED_STREAM: u64 = 0x7463_685f_7365_6564; // "tch_seed"
 
 /// Seeds libtorch's generator for `step` from (seed, step), so stochastic ops replay
@@ -106,7 +114,7 @@ fn write_json_atomic(path: &std::path::Path, value: &impl serde::Serialize) -> R
         .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }
 
-/// Trains one process on the synthetic data according to `cfg`.
+/// Trains one process according to `cfg`, on `train_data` shards or the synthetic data.
 pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     cfg.validate()?;
     let device = resolve_device(&cfg.device)?;
@@ -137,12 +145,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     tch::manual_seed(cfg.seed as i64);
     let mut model = Clip::new(&model_cfg, device)?;
     let mut optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
-    let (mut step, mut position) = (0i64, DataPosition::default());
+    let (mut step, mut position, mut shards_position) = (0i64, DataPosition::default(), None);
     if let Some(ck) = &resume {
         ck.load_model(&mut model)?;
         ck.load_optimizer(&mut optimizer)?;
         step = ck.state.step;
         position = ck.state.data;
+        shards_position = ck.state.shards.clone();
         tracing::info!(checkpoint = %ck.dir.display(), step, epoch = position.epoch, samples_in_epoch = position.samples_in_epoch, "resumed");
     }
 
@@ -154,23 +163,79 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     let image_size = model_cfg.vision_cfg.image_size as u32;
     let ctx = model_cfg.text_cfg.context_length;
-    let mut stream = SyntheticStream::start(
-        SyntheticStreamConfig {
-            image_size,
-            seed: cfg.seed,
-            batch_size: cfg.batch_size as usize,
-            num_samples: cfg.train_num_samples,
-            context_length: ctx as usize,
-            prefetch: cfg.prefetch,
-        },
-        tokenizer.clone(),
-        position,
-    )?;
+    let store = match (&cfg.train_data, &cfg.val_data) {
+        (None, None) => None,
+        _ => Some(Arc::new(ShardStore::new(ShardStoreOptions::default())?)),
+    };
+    let mut stream = match (&cfg.train_data, &store) {
+        (Some(urls), Some(store)) => {
+            let spec = cfg.data_spec(urls, 1)?;
+            if resume.is_some() && shards_position.is_none() {
+                tracing::warn!("the checkpoint holds no shard position: the shard data starts from the beginning");
+            }
+            let loader_cfg = LoaderConfig::training(
+                &spec,
+                store,
+                1,
+                0,
+                cfg.batch_size as usize,
+                cfg.seed,
+                image_size,
+                ctx as usize,
+                shards_position.as_ref(),
+            )?;
+            tracing::info!(
+                shards = loader_cfg.shards.len(),
+                partitions = loader_cfg.partitions,
+                steps_per_epoch = loader_cfg.steps_per_epoch.unwrap_or(0),
+                decode_threads = loader_cfg.decode_threads,
+                "training data"
+            );
+            let loader = Loader::new(loader_cfg, Arc::clone(store), tokenizer.clone(), shards_position.clone())?;
+            TrainStream::Shards(Box::new(loader))
+        }
+        _ => TrainStream::Synthetic(SyntheticStream::start(
+            SyntheticStreamConfig {
+                image_size,
+                seed: cfg.seed,
+                batch_size: cfg.batch_size as usize,
+                num_samples: cfg.train_num_samples.unwrap_or(SYNTHETIC_EPOCH),
+                context_length: ctx as usize,
+                prefetch: cfg.prefetch,
+            },
+            tokenizer.clone(),
+            position,
+        )?),
+    };
+    let metrics = Metrics::new(&cfg.job_name, 0)?;
+    if let Some(port) = cfg.metrics_port {
+        let host: std::net::IpAddr = cfg.metrics_host.parse().map_err(|_| {
+            ConfigError::invalid("metrics_host", &cfg.metrics_host, "an IP address, such as 0.0.0.0 or 127.0.0.1")
+        })?;
+        let addr = metrics.serve(std::net::SocketAddr::new(host, port))?;
+        tracing::info!(address = %format!("http://{addr}/metrics"), "serving Prometheus metrics");
+    }
+    if resume.is_some() {
+        metrics.record_restart();
+    }
+    let bytes_read = store.as_ref().map(|s| s.bytes_read());
+    let mut bytes_reported = 0u64;
     let val_data = SyntheticDataset::new(image_size, cfg.seed);
-    let state_at = |step: i64, position: DataPosition| CheckpointState {
+    let run_eval = |model: &Clip, step: i64| -> Result<EvalReport> {
+        match (&cfg.val_data, &store) {
+            (Some(urls), Some(store)) => {
+                let spec = cfg.data_spec(urls, 1)?;
+                let loader_cfg = LoaderConfig::evaluation(&spec, cfg.batch_size as usize, image_size, ctx as usize)?;
+                evaluate_shards(model, loader_cfg, Arc::clone(store), tokenizer.clone(), cfg.eval_samples, step)
+            }
+            _ => evaluate(model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step),
+        }
+    };
+    let state_at = |step: i64, position: DataPosition, shards: Option<LoaderState>| CheckpointState {
         format_version: FORMAT_VERSION,
         step,
         data: position,
+        shards,
         rng: RngState { kind: "counter".into(), seed: cfg.seed, step },
         train_config: cfg.clone(),
         model_config: model_cfg.clone(),
@@ -190,7 +255,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let lr = scheduler.lr(cfg.lr, cfg.warmup, cfg.steps, step);
         let wait_start = Instant::now();
         let batch = stream.next_batch()?;
-        window_wait += wait_start.elapsed().as_secs_f64();
+        let waited = wait_start.elapsed().as_secs_f64();
+        window_wait += waited;
+        metrics.observe_data_wait(waited);
         let images = images_to_tensor(&batch.images, device);
         let tokens = tokens_to_tensor(&batch.tokens, ctx, device);
         let (image_features, text_features) = model.forward(&images, &tokens);
@@ -198,9 +265,12 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         optimizer.zero_grad();
         loss.backward();
         let grad_norm = optimizer.clip_grad_norm(cfg.grad_clip_norm);
+        let optimizer_start = Instant::now();
         optimizer.step(lr);
+        metrics.observe_optimizer(optimizer_start.elapsed().as_secs_f64());
         model.clamp_logit_scale();
         position = batch.position_after;
+        shards_position = batch.shards_after;
         step += 1;
         window_steps += 1;
         if let Some(pb) = &opts.progress {
@@ -228,16 +298,39 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
                 data_wait_fraction = format_args!("{:.3}", window_wait / elapsed),
                 "train"
             );
+            metrics.observe_step(&StepObservation {
+                step: step as u64,
+                steps: window_steps as u64,
+                samples: (window_steps * cfg.batch_size) as u64,
+                seconds: elapsed,
+                loss: last_loss,
+                logit_scale,
+                learning_rate: lr,
+                grad_norm: Some(grad_norm),
+            });
+            if let Some(total) = &bytes_read {
+                let now = total.load(std::sync::atomic::Ordering::Relaxed);
+                metrics.add_bytes_read(now.saturating_sub(bytes_reported));
+                bytes_reported = now;
+            }
+            if let Some(skips) = stream.skips() {
+                metrics.sync_skips(&skips);
+                if skips.total() > 0 {
+                    let by_reason: Vec<String> = skips.snapshot().iter().map(|(r, n)| format!("{r}={n}")).collect();
+                    tracing::info!(skipped = skips.total(), by_reason = %by_reason.join(","), "data skips so far");
+                }
+            }
             if let Some(pb) = &opts.progress {
                 pb.set_message(format!("loss {last_loss:.3} · {samples_per_second:.0} samples/s"));
             }
             (window_start, window_wait, window_steps) = (Instant::now(), 0.0, 0);
         }
         if checkpoint_now {
-            commit_checkpoint(cfg, &model, &optimizer, &state_at(step, position))?;
+            commit_checkpoint(cfg, &model, &optimizer, &state_at(step, position, shards_position.clone()), &metrics)?;
         }
         if cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps {
-            let report = evaluate(&model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step);
+            let report = run_eval(&model, step)?;
+            metrics.set_eval(&report);
             log_eval(&report);
         }
     }
@@ -247,9 +340,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 
     let checkpoint = match (trained, &resume) {
         (0, Some(ck)) => ck.dir.clone(),
-        _ => commit_checkpoint(cfg, &model, &optimizer, &state_at(step, position))?,
+        _ => commit_checkpoint(cfg, &model, &optimizer, &state_at(step, position, shards_position.clone()), &metrics)?,
     };
-    let eval = evaluate(&model, &val_data, tokenizer.as_ref(), cfg.eval_samples, cfg.batch_size, step);
+    let eval = run_eval(&model, step)?;
+    metrics.set_eval(&eval);
     log_eval(&eval);
     write_json_atomic(&cfg.output.join("eval.json"), &eval)?;
     if let Some(pb) = &opts.progress {
@@ -259,10 +353,17 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
 }
 
 /// Writes and commits a checkpoint, and logs how long it took.
-fn commit_checkpoint(cfg: &TrainConfig, model: &Clip, optimizer: &AdamW, state: &CheckpointState) -> Result<PathBuf> {
+fn commit_checkpoint(
+    cfg: &TrainConfig,
+    model: &Clip,
+    optimizer: &AdamW,
+    state: &CheckpointState,
+    metrics: &Metrics,
+) -> Result<PathBuf> {
     let t = Instant::now();
     let dir = checkpoint::save(&cfg.output, model, optimizer, state, cfg.keep_checkpoints)?;
     let seconds = t.elapsed().as_secs_f64();
+    metrics.observe_checkpoint(seconds);
     tracing::info!(step = state.step, path = %dir.display(), seconds = format_args!("{seconds:.2}"), "checkpoint");
     Ok(dir)
 }
@@ -271,8 +372,8 @@ fn commit_checkpoint(cfg: &TrainConfig, model: &Clip, optimizer: &AdamW, state: 
 pub fn log_eval(r: &EvalReport) {
     tracing::info!(
         step = r.step,
-        zero_shot_top1 = format_args!("{:.3}", r.zero_shot_top1),
-        zero_shot_top5 = format_args!("{:.3}", r.zero_shot_top5),
+        zero_shot_top1 = format_args!("{:.3}", r.zero_shot_top1.unwrap_or(f64::NAN)),
+        zero_shot_top5 = format_args!("{:.3}", r.zero_shot_top5.unwrap_or(f64::NAN)),
         image_to_text_r1 = format_args!("{:.3}", r.image_to_text_r1),
         text_to_image_r1 = format_args!("{:.3}", r.text_to_image_r1),
         val_loss = format_args!("{:.4}", r.val_loss),

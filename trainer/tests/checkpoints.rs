@@ -21,6 +21,7 @@ fn state(step: i64) -> CheckpointState {
         format_version: FORMAT_VERSION,
         step,
         data: DataPosition { epoch: 0, samples_in_epoch: step as u64 * 8 },
+        shards: None,
         rng: RngState { kind: "counter".into(), seed: 0, step },
         train_config: TrainConfig::default(),
         model_config: ClipConfig::tiny(),

@@ -131,6 +131,7 @@ fn percent_encode(s: &str) -> String {
 fn step(step: u64) -> StepObservation {
     StepObservation {
         step,
+        steps: 1,
         samples: 256,
         seconds: 0.25,
         loss: 3.5,

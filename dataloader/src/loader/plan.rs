@@ -205,7 +205,7 @@ mod tests {
     fn every_shard_once_and_balanced() {
         let list = shards(37, Some(10));
         let plan = EpochPlan::new(&list, 8, 3, 1, ShardOrder::Shuffled);
-        let mut seen = vec![0; 37];
+        let mut seen = [0; 37];
         for p in 0..8 {
             let mut i = 0;
             while let Some(s) = plan.shard(p, i) {

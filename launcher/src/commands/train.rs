@@ -13,7 +13,16 @@ fn apply_flags(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
         ($($field:ident),*) => { $( if let Some(v) = a.$field.clone() { cfg.$field = v; } )* };
     }
     set!(model, batch_size, steps, lr, warmup, lr_scheduler, weight_decay, seed, output, checkpoint_every);
-    set!(keep_checkpoints, eval_every, eval_samples, log_every, device, threads, train_num_samples);
+    set!(keep_checkpoints, eval_every, eval_samples, log_every, device, threads, shuffle_window, workers);
+    set!(max_skip_fraction, caption_key, parquet_image_column, metrics_host, job_name);
+    macro_rules! set_option {
+        ($($field:ident),*) => { $( if a.$field.is_some() { cfg.$field = a.$field.clone(); } )* };
+    }
+    set_option!(train_num_samples, train_data, val_data, train_data_upsampling_factors, data_partitions);
+    set_option!(parquet_caption_column, metrics_port);
+    if a.dataset_resampled {
+        cfg.dataset_resampled = true;
+    }
     if a.model_config.is_some() {
         cfg.model_config = a.model_config.clone();
     }
@@ -43,12 +52,9 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
     } else {
         let e = &summary.eval;
         println!(
-            "step {}: zero-shot top-1 {:.1}% top-5 {:.1}% over {} classes (chance {:.1}%); image→text R@1 {:.1}% R@5 {:.1}%, text→image R@1 {:.1}% R@5 {:.1}% over {} held-out pairs (chance R@1 {:.2}%); val loss {:.4}",
+            "step {}: {}image→text R@1 {:.1}% R@5 {:.1}%, text→image R@1 {:.1}% R@5 {:.1}% over {} held-out pairs (chance R@1 {:.2}%); val loss {:.4}",
             summary.step,
-            100.0 * e.zero_shot_top1,
-            100.0 * e.zero_shot_top5,
-            e.num_classes,
-            100.0 / e.num_classes as f64,
+            super::zero_shot_text(e),
             100.0 * e.image_to_text_r1,
             100.0 * e.image_to_text_r5,
             100.0 * e.text_to_image_r1,
