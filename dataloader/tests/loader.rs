@@ -1,6 +1,8 @@
 //! The shard loader end to end on real shards written by `ShardWriter`: elastic determinism,
 //! exact resume, epochs, resampling, evaluation passes and bad input.
 
+#[path = "store/http.rs"]
+mod http;
 #[allow(dead_code)]
 #[path = "store/moto.rs"]
 mod moto;
@@ -363,4 +365,24 @@ fn shards_on_s3_read_like_local_ones() {
         assert_eq!(x.images.data, y.images.data);
     }
     assert!(s3_store.bytes_read().load(std::sync::atomic::Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn shards_over_http_read_like_local_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let local = write_shards(dir.path(), 90, 30, ShardFormat::Parquet);
+    let server = http::serve(dir.path());
+    let remote = server.url("shard-{000000..000002}.parquet");
+    let make = |urls: &str| {
+        let store = store();
+        let cfg = LoaderConfig::training(&spec(urls, 2, 8), &store, 1, 0, 24, 3, SIDE, CTX, None).expect("config");
+        Loader::new(cfg, store, tokenizer(), None).expect("loader")
+    };
+    let (mut a, mut b) = (make(&local), make(&remote));
+    assert_eq!(b.config().steps_per_epoch, Some(3), "sizes.json read over HTTP");
+    for _ in 0..3 {
+        let (x, y) = (next(&mut a), next(&mut b));
+        assert_eq!(x.keys, y.keys);
+        assert_eq!(x.images.data, y.images.data);
+    }
 }

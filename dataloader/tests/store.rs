@@ -2,6 +2,8 @@
 //! `::` sources and weights, `sizes.json`, local streaming, and object-store reads with
 //! injected faults, both in memory and against a real S3 server (`moto_server`) on loopback.
 
+#[path = "store/http.rs"]
+mod http;
 #[path = "store/moto.rs"]
 mod moto;
 #[path = "store/proxy.rs"]
@@ -364,6 +366,32 @@ fn s3_connection_dropped_mid_stream_by_a_proxy_is_resumed() {
     let mut reader = store.open("s3://shards/proxied/shard.tar").expect("open");
     assert_eq!(read_fully(&mut reader, 8192).expect("read"), data);
     assert_eq!(proxy.connections.load(Ordering::SeqCst), 5, "HEAD, cut range, resumed range, two more ranges");
+    assert_eq!(store.retries().load(Ordering::Relaxed), 1);
+    assert_eq!(sleeper.delays(), [Duration::from_millis(10)]);
+}
+
+#[test]
+fn http_shard_streams_identically_through_a_dropped_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = pattern_bytes(300_000);
+    std::fs::write(dir.path().join("shard.tar"), &data).expect("write");
+    let server = http::serve(dir.path());
+
+    // Straight from the server, in 64 KiB ranges.
+    let direct = ShardStore::new(options(65_536, 2, exact_policy(3))).expect("store");
+    let mut reader = direct.open(&server.url("shard.tar")).expect("open");
+    assert_eq!(read_fully(&mut reader, 8192).expect("read"), data);
+    let missing = direct.open(&server.url("missing.tar")).expect_err("404");
+    assert!(matches!(missing, DataError::NotFound { .. }), "{missing}");
+    assert!(missing.to_string().contains("missing.tar"), "{missing}");
+
+    // Through a proxy that drops the second connection (the first range) 30 000 bytes in.
+    let proxy = proxy::start(server.port, 2, 30_000);
+    let sleeper = Arc::new(RecordingSleeper::default());
+    let store = ShardStore::new(options(100_000, 1, exact_policy(5))).expect("store").with_sleeper(sleeper.clone());
+    let url = format!("http://127.0.0.1:{}/shard.tar", proxy.port);
+    let mut reader = store.open(&url).expect("open");
+    assert_eq!(read_fully(&mut reader, 8192).expect("read"), data, "bytes identical after the resume");
     assert_eq!(store.retries().load(Ordering::Relaxed), 1);
     assert_eq!(sleeper.delays(), [Duration::from_millis(10)]);
 }

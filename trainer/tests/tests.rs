@@ -1,4 +1,5 @@
-//! Integration tests of the trainer crate: parity with open_clip 3.3.0 and checkpoints.
+//! Integration tests of the trainer crate: parity with open_clip 3.3.0, checkpoints, and the
+//! Prometheus exporter against a real Prometheus server.
 
 #![allow(clippy::unwrap_used)]
 
