@@ -244,6 +244,70 @@ pub(crate) struct EmbedArgs {
 pub(crate) enum BenchCommand {
     /// Time full training steps (forward, loss, backward, AdamW) on random data already on the device.
     Train(BenchTrainArgs),
+    /// Time the training data pipeline in images/s: read shards, decode JPEGs, RandomResizedCrop to
+    /// 224, tokenize and batch, with the loader `clipfleet train` uses.
+    ///
+    /// Without `--train-data` it writes photo-like JPEG shards (256–512 px per side, ~20 MB, or
+    /// `--shards-dir` to keep and reuse them) and also runs OpenCLIP's own WebDataset pipeline
+    /// (`scripts/bench_data_reference.py`: webdataset + Pillow + torchvision, with as many DataLoader
+    /// workers as threads here) on the same shards and cores, then prints both and the ratio.
+    ///
+    /// Example: `clipfleet bench data`, or `clipfleet bench data --train-data 'data/{00000..00099}.tar'`
+    Data(BenchDataArgs),
+}
+
+/// `clipfleet bench data`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchDataArgs {
+    /// Benchmark these shards (brace patterns joined with `::`, local paths or URLs) instead of
+    /// generated ones. The OpenCLIP reference then runs only with `--reference`.
+    #[arg(long, value_name = "URLS")]
+    pub(crate) train_data: Option<String>,
+    /// With `--train-data`: samples per epoch, where the shards have no `sizes.json`.
+    #[arg(long, value_name = "N")]
+    pub(crate) train_num_samples: Option<u64>,
+    /// With `--train-data`: draw shards with replacement (OpenCLIP's `--dataset-resampled`).
+    /// Generated shards are always read this way.
+    #[arg(long)]
+    pub(crate) dataset_resampled: bool,
+    /// Write the generated shards here and keep them; a later run with the same `--images` and
+    /// `--seed` reuses them. Default: a temporary folder, removed afterwards.
+    #[arg(long, value_name = "DIR", conflicts_with = "train_data")]
+    pub(crate) shards_dir: Option<PathBuf>,
+    /// Generated images (split into 8 shards).
+    #[arg(long, default_value_t = 384, value_name = "N")]
+    pub(crate) images: u64,
+    /// Decode threads here, DataLoader workers in the reference, and the cores both may use
+    /// (the process is pinned to that many CPUs when it is fewer than it has). 0: all cores.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) batch_size: usize,
+    /// Timed batches, after the warm-up (the first batch here; the first batch of each worker in
+    /// the reference).
+    #[arg(long, default_value_t = 16)]
+    pub(crate) batches: usize,
+    /// Seed of the generated data and of the loader.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// The tokenizer: OpenCLIP's BPE merges (default: CLIPFLEET_BPE_VOCAB, then .cache/ of the
+    /// checkout) or a Hugging Face tokenizer.json.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vocab: Option<PathBuf>,
+    /// Also run the OpenCLIP reference with `--train-data`.
+    #[arg(long, conflicts_with = "no_reference")]
+    pub(crate) reference: bool,
+    /// Skip the OpenCLIP reference.
+    #[arg(long)]
+    pub(crate) no_reference: bool,
+    /// The python that runs the reference (needs open_clip_torch, webdataset, torchvision);
+    /// default: `.venv/bin/python` of the checkout.
+    #[arg(long, value_name = "PYTHON")]
+    pub(crate) reference_python: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `clipfleet bench train`.

@@ -1,6 +1,7 @@
 //! Integration tests of the `clipfleet` binary: training, exact resume, crash safety,
 //! bad input, evaluation and embedding. Each test runs the real binary on the tiny model.
 
+mod bench_data;
 mod cli;
 mod common;
 mod crash;

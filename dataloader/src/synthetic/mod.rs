@@ -11,7 +11,10 @@
 //! (seed, split, index, epoch), so any sample can be regenerated anywhere, by
 //! any thread, in any order. It is the default data of `clipfleet train`: a
 //! tiny CLIP learns zero-shot classification of it in minutes on a CPU.
+//!
+//! [`photo`] makes photo-like JPEGs and web-style captions for data-pipeline benchmarks.
 
+pub mod photo;
 mod render;
 
 use image::RgbImage;

@@ -3,7 +3,7 @@
 
 use image::RgbImage;
 
-use super::resample::resize_bicubic;
+use super::resample::{resize_bicubic, resize_crop_bicubic};
 use crate::rng::Rng;
 
 /// Python's `round()` on a float (ties to even), as torchvision uses it.
@@ -73,14 +73,15 @@ impl RandomResizedCrop {
     }
 
     /// Crops `img` at [`get_params`](Self::get_params) and resizes the crop
-    /// bicubically to `size`×`size`. An empty image gives a black one.
+    /// bicubically to `size`×`size`, exactly as torchvision does on a PIL image (the crop
+    /// is read in place, not copied). An empty image gives a black one.
     pub fn apply(&self, img: &RgbImage, rng: &mut Rng) -> RgbImage {
         let (width, height) = img.dimensions();
         if width == 0 || height == 0 {
             return RgbImage::new(self.size, self.size);
         }
         let (top, left, h, w) = self.get_params(width, height, rng);
-        resize_bicubic(&crop(img, left, top, w, h), self.size, self.size)
+        resize_crop_bicubic(img, (left, top, w, h), self.size, self.size)
     }
 }
 

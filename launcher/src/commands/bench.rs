@@ -1,4 +1,7 @@
-//! `clipfleet bench train`: full training steps on random data already on the device.
+//! `clipfleet bench train`: full training steps on random data already on the device; and
+//! `clipfleet bench data` ([`data`]): the training data pipeline.
+
+pub(crate) mod data;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
