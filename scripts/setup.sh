@@ -34,7 +34,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  say "cargo not found: install a Rust toolchain >= 1.85 (https://rustup.rs), then rerun"; exit 1
+  say "cargo not found: install a Rust toolchain >= 1.87 (https://rustup.rs), then rerun"; exit 1
 fi
 
 # 2. The project venv with PyTorch 2.11.0 (tch 0.24 links against it), and optionally the oracles.
