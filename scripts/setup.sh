@@ -13,9 +13,11 @@ say() { echo "setup: $*" >&2; }
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 # 1. Debian packages for the build (C/C++ toolchain for torch-sys, cmake and nasm for the bundled
-#    libjpeg-turbo of the turbojpeg crate, pkg-config, python venv).
+#    libjpeg-turbo of the turbojpeg crate, pkg-config, python venv; OpenMPI and libclang for the
+#    mpi crate, whose build runs bindgen over mpi.h, and mpirun for the MPI backend and its tests).
 need_pkgs=()
-for pkg in build-essential pkg-config cmake nasm python3-venv python3-pip ca-certificates; do
+for pkg in build-essential pkg-config cmake nasm python3-venv python3-pip ca-certificates \
+           libopenmpi-dev openmpi-bin libclang-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$pkg")
 done
 # python3-venv/pip are only needed when this python3 cannot make a venv with pip by itself.

@@ -78,6 +78,9 @@ pub enum TrainError {
     /// The Prometheus exporter could not be set up or could not listen.
     #[error("metrics exporter: {0}")]
     Metrics(String),
+    /// The distributed setup or a collective failed.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     /// Training diverged.
     #[error("loss is not finite at step {step}: {loss}")]
     NonFiniteLoss {

@@ -5,5 +5,6 @@
 
 mod checkpoints;
 mod common;
+mod dist;
 mod metrics;
 mod parity;
