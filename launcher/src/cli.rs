@@ -254,6 +254,16 @@ pub(crate) enum BenchCommand {
     ///
     /// Example: `clipfleet bench data`, or `clipfleet bench data --train-data 'data/{00000..00099}.tar'`
     Data(BenchDataArgs),
+    /// Time the blockwise contrastive loss with its feature gradients for a global batch N at
+    /// several local batch sizes b (gather simulated: the N×d features are already on the device),
+    /// and print its peak memory beside the b×N and N×N matrices the un-blocked forms hold.
+    ///
+    /// Each b runs in a fresh child process, so that its peak memory is its own. Defaults: N = 32,768,
+    /// d = 512, b = 256, 1,024 and (on CUDA) 32,768; on 2 CPU cores the CPU default takes ~20 s and
+    /// b = 32,768 another ~2–3 min.
+    ///
+    /// Example: `clipfleet bench loss --device cpu`, or `clipfleet bench loss --global-batch 4096 --local-batch 512 --json`
+    Loss(crate::commands::bench::loss::BenchLossArgs),
 }
 
 /// `clipfleet bench data`.

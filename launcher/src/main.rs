@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         cli::Command::Embed(args) => commands::embed::run(args),
         cli::Command::Bench(cli::BenchCommand::Train(args)) => commands::bench::train(args),
         cli::Command::Bench(cli::BenchCommand::Data(args)) => commands::bench::data::run(args),
+        cli::Command::Bench(cli::BenchCommand::Loss(args)) => commands::bench::loss::run(args),
         cli::Command::Tokenize(args) => commands::tokenize::run(args),
         cli::Command::Shards(command) => commands::shards::run(command),
     };

@@ -2,6 +2,7 @@
 //! bad input, evaluation and embedding. Each test runs the real binary on the tiny model.
 
 mod bench_data;
+mod bench_loss;
 mod cli;
 mod common;
 mod crash;

@@ -6,5 +6,6 @@
 mod checkpoints;
 mod common;
 mod dist;
+mod loss_parity;
 mod metrics;
 mod parity;

@@ -1,7 +1,9 @@
 //! `clipfleet bench train`: full training steps on random data already on the device; and
-//! `clipfleet bench data` ([`data`]): the training data pipeline.
+//! `clipfleet bench data` ([`data`]): the training data pipeline; and `clipfleet bench loss`
+//! ([`loss`]): the blockwise contrastive loss.
 
 pub(crate) mod data;
+pub(crate) mod loss;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -323,6 +323,15 @@ impl ClipConfig {
         Ok(())
     }
 
+    /// The config for training with the SigLIP loss: OpenCLIP's SigLIP initial values
+    /// θ = ln 10 and β = −10 where the config sets none, which also creates the
+    /// `logit_bias` parameter. CLIP configs (and their checkpoints) are left as they are.
+    pub fn with_siglip_init(mut self) -> Self {
+        self.init_logit_scale.get_or_insert(crate::loss::SIGLIP_INIT_LOGIT_SCALE);
+        self.init_logit_bias.get_or_insert(crate::loss::SIGLIP_INIT_LOGIT_BIAS);
+        self
+    }
+
     /// Number of image tokens, class token included.
     pub fn vision_tokens(&self) -> i64 {
         self.vision_cfg.grid_size() * self.vision_cfg.grid_size() + 1
@@ -354,6 +363,30 @@ mod tests {
         let json = r#"{"embed_dim":512,"vision_cfg":{"image_size":224,"layers":12,"width":768,"patch_size":32},"text_cfg":{"context_length":77,"vocab_size":49408,"width":512,"heads":8,"layers":12}}"#;
         let cfg: ClipConfig = serde_json::from_str(json).unwrap();
         assert_eq!(cfg, ClipConfig::vit_b_32());
+    }
+
+    /// Issue 4: SigLIP gets OpenCLIP's initial values and a `logit_bias` under its state-dict
+    /// name; a CLIP model has none, so CLIP checkpoints keep their keys.
+    #[test]
+    fn siglip_init_adds_logit_bias() {
+        use crate::model::Clip;
+        let cfg = ClipConfig::tiny().with_siglip_init();
+        assert_eq!((cfg.init_logit_scale, cfg.init_logit_bias), (Some(10f64.ln()), Some(-10.0)));
+        let model = Clip::new(&cfg, tch::Device::Cpu).unwrap();
+        assert_eq!(model.logit_bias().map(|b| b.double_value(&[])), Some(-10.0));
+        assert!((model.logit_scale().double_value(&[]) - 10f64.ln()).abs() < 1e-6);
+        assert!(model.named_parameters().iter().any(|(n, _)| n == "logit_bias"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("siglip.safetensors");
+        model.save_safetensors(&path).unwrap();
+        let mut again = Clip::new(&cfg, tch::Device::Cpu).unwrap();
+        again.load_safetensors(&path).unwrap();
+        let clip = Clip::new(&ClipConfig::tiny(), tch::Device::Cpu).unwrap();
+        assert!(clip.logit_bias().is_none());
+        assert!(!clip.named_parameters().iter().any(|(n, _)| n == "logit_bias"));
+        // A SigLIP file does not load silently into a CLIP model (an unexpected `logit_bias`).
+        let mut clip = clip;
+        assert!(clip.load_safetensors(&path).unwrap_err().to_string().contains("logit_bias"));
     }
 
     #[test]
