@@ -267,7 +267,6 @@ impl LoaderConfig {
             ));
         }
         Ok(LoaderConfig {
-            shards,
             order,
             seed,
             global_batch_size: global_batch,
@@ -276,14 +275,8 @@ impl LoaderConfig {
             partitions,
             shuffle_window: spec.shuffle_window,
             steps_per_epoch: Some(steps),
-            image_size,
             train_transform: true,
-            context_length,
-            decode_threads: spec.decode_threads.max(1),
-            prefetch_batches: spec.prefetch_batches.max(1),
-            format: spec.format.clone(),
-            max_skip_fraction: spec.max_skip_fraction,
-            max_image_pixels: spec.max_image_pixels,
+            ..LoaderConfig::single_pass(spec, shards, global_batch, image_size, context_length)
         })
     }
 
@@ -306,7 +299,19 @@ impl LoaderConfig {
                 s.urls.iter().map(move |u| ShardEntry { url: u.clone(), source: i, weight: 1.0, samples: None })
             })
             .collect();
-        Ok(LoaderConfig {
+        Ok(LoaderConfig::single_pass(spec, shards, batch, image_size, context_length))
+    }
+
+    /// One process reading `shards` once, in order, with the evaluation transform; the
+    /// pipeline settings (threads, prefetch, format, skip limit, pixel limit) from `spec`.
+    fn single_pass(
+        spec: &DataSpec,
+        shards: Vec<ShardEntry>,
+        batch: usize,
+        image_size: u32,
+        context_length: usize,
+    ) -> LoaderConfig {
+        LoaderConfig {
             shards,
             order: ShardOrder::Sequential,
             seed: 0,
@@ -324,7 +329,7 @@ impl LoaderConfig {
             format: spec.format.clone(),
             max_skip_fraction: spec.max_skip_fraction,
             max_image_pixels: spec.max_image_pixels,
-        })
+        }
     }
 
     /// The partitions this rank reads.

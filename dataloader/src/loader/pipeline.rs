@@ -136,12 +136,13 @@ impl EpochPipeline {
             reason: format!("cannot start a thread: {e}"),
         };
 
+        let shards = Arc::new(cfg.shards.clone());
         for (part, partition) in local.clone().enumerate() {
             let reader = PartitionReader::new(
                 partition,
                 cfg.seed,
                 Arc::clone(&plan),
-                Arc::new(cfg.shards.clone()),
+                Arc::clone(&shards),
                 Arc::clone(store),
                 cfg.format.clone(),
                 cfg.shuffle_window,
