@@ -487,16 +487,21 @@ mod tests {
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
-    #[test]
-    fn a_label_after_an_unlabelled_first_sample_is_refused_in_parquet() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A Parquet writer of 10 samples per shard into `dir`.
+    fn parquet_writer(dir: &std::path::Path) -> ShardWriter {
         let options = ShardWriterOptions {
-            output: dir.path().to_path_buf(),
+            output: dir.to_path_buf(),
             format: ShardFormat::Parquet,
             samples_per_shard: 10,
             prefix: String::new(),
         };
-        let mut writer = ShardWriter::new(options).expect("writer");
+        ShardWriter::new(options).expect("writer")
+    }
+
+    #[test]
+    fn a_label_after_an_unlabelled_first_sample_is_refused_in_parquet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = parquet_writer(dir.path());
         writer.write(ShardRecord { label: None, ..record("jpg") }).expect("write");
         let err = writer.write(record("jpg")).expect_err("no cls column");
         assert!(err.to_string().contains("no `cls` column"), "{err}");
@@ -506,13 +511,7 @@ mod tests {
     #[test]
     fn an_aborted_writer_leaves_no_shard() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = ShardWriterOptions {
-            output: dir.path().to_path_buf(),
-            format: ShardFormat::Parquet,
-            samples_per_shard: 10,
-            prefix: String::new(),
-        };
-        let mut writer = ShardWriter::new(options).expect("writer");
+        let mut writer = parquet_writer(dir.path());
         writer.write(record("png")).expect("write");
         assert!(writer.write(record("jpg")).is_err(), "one image format per Parquet dataset");
         writer.abort();
