@@ -180,6 +180,28 @@ pub(crate) struct TrainArgs {
     /// The `job` label of every metric (default clipfleet).
     #[arg(long, value_name = "NAME")]
     pub(crate) job_name: Option<String>,
+    /// The contrastive loss: clip (softmax) or siglip (sigmoid, learnable bias; default clip).
+    #[arg(long, value_name = "clip|siglip")]
+    pub(crate) loss: Option<String>,
+    /// Micro-batches per step (OpenCLIP's --accum-freq): a step sees batch-size × accum-freq ×
+    /// world-size pairs, through gradient caching (default 1).
+    #[arg(long, value_name = "K")]
+    pub(crate) accum_freq: Option<i64>,
+    /// Rows per block of the blockwise loss (default 1024).
+    #[arg(long, value_name = "ROWS")]
+    pub(crate) loss_block_rows: Option<i64>,
+    /// Columns per tile of the blockwise loss (default: all).
+    #[arg(long, value_name = "COLS")]
+    pub(crate) loss_block_cols: Option<i64>,
+    /// Process group: auto, nccl, mpi or single (default auto: from clipfleet launch, mpirun or the device).
+    #[arg(long, value_name = "BACKEND")]
+    pub(crate) dist_backend: Option<String>,
+    /// Gradient all-reduce bucket size in MiB (default 64).
+    #[arg(long, value_name = "MIB")]
+    pub(crate) grad_bucket_mb: Option<usize>,
+    /// Compare parameter checksums across ranks every N steps and stop on a mismatch (default 0: never).
+    #[arg(long, value_name = "N")]
+    pub(crate) check_params_every: Option<i64>,
     /// Print the final evaluation as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,

@@ -12,8 +12,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let bar = logging::init(cli.log_format);
-    // Every log line carries the rank (torchrun's RANK; 0 for a single process).
-    let rank = std::env::var("RANK").ok().and_then(|r| r.parse::<i64>().ok()).unwrap_or(0);
+    // Every log line carries the rank, as the worker derives it from its environment
+    // (torchrun's RANK, mpirun, Slurm, Kubernetes; 0 for a single process).
+    let rank = clipfleet_trainer::dist::env::detect(&std::env::vars().collect()).map(|w| w.rank).unwrap_or(0);
     let _span = tracing::info_span!("worker", rank).entered();
     let result = match cli.command {
         cli::Command::Train(args) => commands::train::run(*args, bar),

@@ -69,6 +69,12 @@ pub struct CheckpointState {
     pub train_config: TrainConfig,
     /// The model config (OpenCLIP JSON).
     pub model_config: ClipConfig,
+    /// Workers that wrote it (absent in checkpoints of older versions: one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    /// Pairs per optimizer step over all workers: `batch_size × accum_freq × world_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<i64>,
     /// clipfleet version that wrote the checkpoint.
     pub clipfleet_version: String,
 }

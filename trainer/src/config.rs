@@ -14,6 +14,15 @@ use crate::error::{ConfigError, Result, TrainError};
 use crate::model::{ClipConfig, PRESET_NAMES};
 use crate::optim::{AdamWConfig, LrScheduler};
 
+/// The contrastive loss of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// Softmax cross-entropy in both directions (CLIP).
+    Clip,
+    /// Pairwise sigmoid with a learnable bias (SigLIP).
+    Siglip,
+}
+
 /// Everything `clipfleet train` needs. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +107,25 @@ pub struct TrainConfig {
     pub metrics_host: String,
     /// The `job` label of every metric.
     pub job_name: String,
+    /// The contrastive loss: `clip` (softmax, OpenCLIP's `ClipLoss`) or `siglip` (sigmoid,
+    /// with a learnable bias; the model gets OpenCLIP's SigLIP initial scale and bias).
+    pub loss: String,
+    /// Micro-batches per step (OpenCLIP's `--accum-freq`): the step's loss and gradients are
+    /// those of `batch_size × accum_freq × world_size` pairs, computed by gradient caching.
+    pub accum_freq: i64,
+    /// Rows per block of the blockwise loss: memory is about three `rows × N` fp32 matrices.
+    pub loss_block_rows: i64,
+    /// Gathered columns per tile of the blockwise loss (unset: all N in one tile).
+    pub loss_block_cols: Option<i64>,
+    /// The process group: `auto`, `nccl`, `mpi` or `single`. `auto` takes
+    /// `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`), else `single` for one worker,
+    /// `mpi` under mpirun or `srun --mpi=pmix`, `nccl` on a GPU.
+    pub dist_backend: String,
+    /// Parameter gradients are all-reduced in flat buckets of this many MiB.
+    pub grad_bucket_mb: usize,
+    /// Every N steps, compare a checksum of the parameters across ranks and stop on a
+    /// mismatch (0: never).
+    pub check_params_every: i64,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +170,13 @@ impl Default for TrainConfig {
             metrics_port: None,
             metrics_host: "0.0.0.0".into(),
             job_name: "clipfleet".into(),
+            loss: "clip".into(),
+            accum_freq: 1,
+            loss_block_rows: 1024,
+            loss_block_cols: None,
+            dist_backend: "auto".into(),
+            grad_bucket_mb: 64,
+            check_params_every: 0,
         }
     }
 }
@@ -196,9 +231,33 @@ impl TrainConfig {
         Ok(spec)
     }
 
-    /// The model config: the JSON file if given, else the preset.
+    /// The model config: the JSON file if given, else the preset; with `loss = "siglip"`, a
+    /// config without a logit bias gets OpenCLIP's SigLIP initial scale and bias.
     pub fn model_config(&self) -> Result<ClipConfig> {
-        crate::model::resolve_model(Some(&self.model), self.model_config.as_deref())
+        let cfg = crate::model::resolve_model(Some(&self.model), self.model_config.as_deref())?;
+        Ok(match self.loss_kind()? {
+            LossKind::Siglip if cfg.init_logit_bias.is_none() => cfg.with_siglip_init(),
+            _ => cfg,
+        })
+    }
+
+    /// The parsed `loss`.
+    pub fn loss_kind(&self) -> Result<LossKind, ConfigError> {
+        match self.loss.as_str() {
+            "clip" => Ok(LossKind::Clip),
+            "siglip" => Ok(LossKind::Siglip),
+            other => Err(ConfigError::invalid("loss", other, "clip, siglip")),
+        }
+    }
+
+    /// The blockwise loss's tile sizes.
+    pub fn loss_blocks(&self) -> crate::loss::blockwise::BlockSizes {
+        crate::loss::blockwise::BlockSizes::tiles(self.loss_block_rows, self.loss_block_cols.unwrap_or(i64::MAX))
+    }
+
+    /// Pairs per worker per step: `batch_size × accum_freq`.
+    pub fn local_batch(&self) -> i64 {
+        self.batch_size * self.accum_freq
     }
 
     /// Checks every value, naming the first bad key and what it accepts.
@@ -206,7 +265,13 @@ impl TrainConfig {
         if self.model_config.is_none() && !PRESET_NAMES.contains(&self.model.as_str()) {
             return Err(ConfigError::invalid("model", &self.model, PRESET_NAMES.join(", ")));
         }
-        let at_least_one = [("batch_size", self.batch_size), ("steps", self.steps), ("log_every", self.log_every)];
+        let at_least_one = [
+            ("batch_size", self.batch_size),
+            ("steps", self.steps),
+            ("log_every", self.log_every),
+            ("accum_freq", self.accum_freq),
+            ("loss_block_rows", self.loss_block_rows),
+        ];
         for (key, v) in at_least_one {
             if v < 1 {
                 return Err(ConfigError::invalid(key, v, "an integer >= 1"));
@@ -217,6 +282,7 @@ impl TrainConfig {
             ("checkpoint_every", self.checkpoint_every),
             ("eval_every", self.eval_every),
             ("threads", self.threads),
+            ("check_params_every", self.check_params_every),
         ];
         for (key, v) in non_negative {
             if v < 0 {
@@ -285,6 +351,20 @@ impl TrainConfig {
         }
         if self.prefetch < 1 {
             return Err(ConfigError::invalid("prefetch", self.prefetch, "an integer >= 1"));
+        }
+        self.loss_kind()?;
+        if let Some(c) = self.loss_block_cols {
+            if c < 1 {
+                return Err(ConfigError::invalid("loss_block_cols", c, "an integer >= 1, or unset"));
+            }
+        }
+        if self.dist_backend != "auto" {
+            self.dist_backend
+                .parse::<crate::dist::Backend>()
+                .map_err(|_| ConfigError::invalid("dist_backend", &self.dist_backend, "auto, nccl, mpi, single"))?;
+        }
+        if self.grad_bucket_mb < 1 {
+            return Err(ConfigError::invalid("grad_bucket_mb", self.grad_bucket_mb, "an integer >= 1"));
         }
         Ok(())
     }

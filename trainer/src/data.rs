@@ -159,8 +159,13 @@ pub struct SyntheticStreamConfig {
     pub image_size: u32,
     /// Run seed.
     pub seed: u64,
-    /// Pairs per batch.
+    /// Pairs per global batch (all ranks).
     pub batch_size: usize,
+    /// Workers sharing each global batch; this stream yields only `rank`'s rows.
+    pub world_size: usize,
+    /// This worker's rank: it gets rows `rank·b .. (rank+1)·b` of each global batch, b =
+    /// `batch_size / world_size`.
+    pub rank: usize,
     /// Samples per epoch; an epoch is a seeded permutation of `0..num_samples`.
     pub num_samples: u64,
     /// Tokens per caption.
@@ -172,9 +177,10 @@ pub struct SyntheticStreamConfig {
 /// The synthetic training stream, produced on a background thread into a bounded queue
 /// (backpressure: the producer blocks when `prefetch` batches are waiting).
 ///
-/// Batch `s` of epoch `e` holds the samples at positions `[s·B, (s+1)·B)` of the
-/// permutation drawn from (seed, e); an incomplete last batch is dropped. The content and
-/// augmentation of each sample depend only on (seed, epoch, sample index).
+/// Global batch `s` of epoch `e` holds the samples at positions `[s·B, (s+1)·B)` of the
+/// permutation drawn from (seed, e); an incomplete last batch is dropped. Rank r of W gets
+/// the r-th of W equal slices. The content and augmentation of each sample depend only on
+/// (seed, epoch, sample index), so the global batch does not depend on W.
 #[derive(Debug)]
 pub struct SyntheticStream {
     rx: Receiver<HostBatch>,
@@ -184,12 +190,20 @@ pub struct SyntheticStream {
 impl SyntheticStream {
     /// Starts producing from `start`.
     pub fn start(cfg: SyntheticStreamConfig, tokenizer: Arc<dyn Tokenizer>, start: DataPosition) -> Result<Self> {
+        if cfg.world_size == 0 || cfg.rank >= cfg.world_size || cfg.batch_size % cfg.world_size != 0 {
+            return Err(TrainError::Pipeline(format!(
+                "a global batch of {} does not split over {} ranks (rank {})",
+                cfg.batch_size, cfg.world_size, cfg.rank
+            )));
+        }
         let (tx, rx) = sync_channel(cfg.prefetch);
         let worker = std::thread::Builder::new()
             .name("clipfleet-synthetic".into())
             .spawn(move || {
                 let dataset = SyntheticDataset::new(cfg.image_size, cfg.seed);
                 let b = cfg.batch_size as u64;
+                let local = b / cfg.world_size as u64;
+                let first = local * cfg.rank as u64;
                 let mut pos = start;
                 loop {
                     if pos.samples_in_epoch + b > cfg.num_samples {
@@ -197,7 +211,7 @@ impl SyntheticStream {
                     }
                     let perm = EpochPermutation::new(cfg.seed, pos.epoch, cfg.num_samples);
                     let indices: Vec<u64> =
-                        (pos.samples_in_epoch..pos.samples_in_epoch + b).map(|p| perm.index(p)).collect();
+                        (first..first + local).map(|p| perm.index(pos.samples_in_epoch + p)).collect();
                     let (images, captions, labels) = dataset.batch(Split::Train, &indices, Some(pos.epoch));
                     let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
                     let tokens = tokenizer.tokenize_batch(&texts, cfg.context_length);

@@ -25,6 +25,8 @@ fn state(step: i64) -> CheckpointState {
         rng: RngState { kind: "counter".into(), seed: 0, step },
         train_config: TrainConfig::default(),
         model_config: ClipConfig::tiny(),
+        world_size: Some(1),
+        global_batch: Some(8),
         clipfleet_version: "test".into(),
     }
 }

@@ -45,8 +45,13 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
 }
 
 fn mpirun(np: usize) -> Output {
+    mpirun_args(np, &["mpi"])
+}
+
+fn mpirun_args(np: usize, args: &[&str]) -> Output {
     let mut cmd = Command::new("mpirun");
-    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), CHECK, "mpi"])
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string(), CHECK])
+        .args(args)
         // Containers often forbid the cross-memory-attach that OpenMPI's shared-memory transport
         // tries first; the copy-in/copy-out path works everywhere.
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
@@ -75,6 +80,61 @@ fn mpi_collectives_across_2_ranks() {
 #[test]
 fn mpi_collectives_across_4_ranks() {
     assert_all_ranks_ok(4);
+}
+
+/// Runs `clipfleet-dist-check grads ARGS` on `np` MPI ranks (or one plain process for
+/// `np = 1`) and returns each rank's relative gradient error against the one-process
+/// autograd reference, checking every rank reported.
+fn gradient_errors(np: usize, args: &[&str]) -> Vec<f64> {
+    let mut all = vec!["grads"];
+    all.extend_from_slice(args);
+    let out = if np == 1 {
+        let mut cmd = Command::new(CHECK);
+        cmd.args(&all);
+        run(cmd, Duration::from_secs(180))
+    } else {
+        mpirun_args(np, &all)
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "grads {args:?} on {np} ranks failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let errors: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.split("max relative gradient error ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(errors.len(), np, "one report per rank expected:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    errors
+}
+
+fn assert_gradients_match(np: usize, args: &[&str]) {
+    for e in gradient_errors(np, args) {
+        assert!(e <= 1e-5, "relative gradient error {e:e} > 1e-5 for {args:?} on {np} ranks");
+    }
+}
+
+/// DESIGN §3's parity target: W ranks × b pairs give the parameter gradients of one process
+/// with all W·b pairs (relative error ≤ 1e-5 in fp32), for CLIP and SigLIP.
+#[test]
+fn gradients_of_2_ranks_equal_one_process() {
+    assert_gradients_match(2, &["clip", "8", "1"]);
+    assert_gradients_match(2, &["siglip", "8", "1"]);
+}
+
+#[test]
+fn gradients_of_4_ranks_equal_one_process() {
+    assert_gradients_match(4, &["clip", "4", "1"]);
+    assert_gradients_match(4, &["siglip", "4", "1"]);
+}
+
+/// Gradient caching: 4 micro-batches (and loss tiles smaller than the batch) give the
+/// gradients of one pass over the whole batch, in one process and across ranks.
+#[test]
+fn gradient_caching_equals_one_pass() {
+    assert_gradients_match(1, &["clip", "16", "4"]);
+    assert_gradients_match(1, &["siglip", "16", "4", "3", "5"]);
+    assert_gradients_match(2, &["clip", "8", "4", "3", "5"]);
 }
 
 #[test]

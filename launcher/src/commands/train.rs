@@ -15,11 +15,12 @@ fn apply_flags(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
     set!(model, batch_size, steps, lr, warmup, lr_scheduler, weight_decay, seed, output, checkpoint_every);
     set!(keep_checkpoints, eval_every, eval_samples, log_every, device, threads, shuffle_window, workers);
     set!(max_skip_fraction, caption_key, parquet_image_column, metrics_host, job_name);
+    set!(loss, accum_freq, loss_block_rows, dist_backend, grad_bucket_mb, check_params_every);
     macro_rules! set_option {
         ($($field:ident),*) => { $( if a.$field.is_some() { cfg.$field = a.$field.clone(); } )* };
     }
     set_option!(train_num_samples, train_data, val_data, train_data_upsampling_factors, data_partitions);
-    set_option!(parquet_caption_column, metrics_port);
+    set_option!(parquet_caption_column, metrics_port, loss_block_cols);
     if a.dataset_resampled {
         cfg.dataset_resampled = true;
     }
@@ -47,10 +48,11 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
     cfg.validate()?;
     let opts = TrainOptions { resume: args.resume.as_deref().map(Resume::parse), progress: Some(bar) };
     let summary = train(&cfg, &opts).context("training failed")?;
+    // Rank 0 evaluates and reports; the other workers have nothing to add.
+    let Some(e) = &summary.eval else { return Ok(()) };
     if args.json {
-        super::print_json(&summary.eval)?;
+        super::print_json(e)?;
     } else {
-        let e = &summary.eval;
         println!(
             "step {}: {}image→text R@1 {:.1}% R@5 {:.1}%, text→image R@1 {:.1}% R@5 {:.1}% over {} held-out pairs (chance R@1 {:.2}%); val loss {:.4}",
             summary.step,

@@ -1,26 +1,35 @@
 //! `clipfleet-dist-check BACKEND`: checks a process group's collectives across the ranks of a
 //! launch, like nccl-tests for clipfleet. Every rank prints one `ok` line or the first mismatch.
 //!
+//! `clipfleet-dist-check grads clip|siglip B K [ROWS COLS]` checks the distributed step's
+//! parameter gradients (B pairs per rank in K micro-batches, loss tiles of ROWS × COLS)
+//! against autograd on the one-process loss over the whole batch (DESIGN §3).
+//!
 //! ```sh
 //! mpirun --oversubscribe -np 4 target/release/clipfleet-dist-check mpi
 //! target/release/clipfleet-dist-check nccl          # one GPU, one rank
 //! torchrun-style: RANK=… WORLD_SIZE=… MASTER_ADDR=… MASTER_PORT=… clipfleet-dist-check nccl
+//! mpirun -np 2 target/release/clipfleet-dist-check grads siglip 8 1
 //! ```
 
 use std::process::ExitCode;
 
-use clipfleet_trainer::dist::{self, collective_check, Backend};
+use clipfleet_trainer::config::LossKind;
+use clipfleet_trainer::dist::{self, collective_check, gradient_check, Backend, LaunchMode};
+use clipfleet_trainer::loss::blockwise::BlockSizes;
 use tch::Device;
 
 fn main() -> ExitCode {
     let arg = std::env::args().nth(1).unwrap_or_default();
     if arg.is_empty() || arg == "--help" || arg == "-h" {
         eprintln!("usage: clipfleet-dist-check BACKEND   (BACKEND: {})", Backend::ALLOWED);
+        eprintln!("       clipfleet-dist-check grads clip|siglip LOCAL_BATCH ACCUM [ROWS COLS]");
         eprintln!("Run it under the launcher of the job (mpirun, srun, clipfleet launch); every rank");
         eprintln!("checks all_gather, all_reduce, broadcast, reduce_scatter and barrier.");
         return if arg.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
-    match run(&arg) {
+    let result = if arg == "grads" { grads(&std::env::args().skip(2).collect::<Vec<_>>()) } else { run(&arg) };
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -48,5 +57,35 @@ fn run(backend: &str) -> Result<String, String> {
         backend,
         world.mode,
         lines.len()
+    ))
+}
+
+fn grads(args: &[String]) -> Result<String, String> {
+    let usage = || "usage: clipfleet-dist-check grads clip|siglip LOCAL_BATCH ACCUM [ROWS COLS]".to_string();
+    let loss = match args.first().map(String::as_str) {
+        Some("clip") => LossKind::Clip,
+        Some("siglip") => LossKind::Siglip,
+        _ => return Err(usage()),
+    };
+    let number = |i: usize, default: Option<i64>| -> Result<i64, String> {
+        match args.get(i) {
+            Some(v) => v.parse().map_err(|_| usage()),
+            None => default.ok_or_else(usage),
+        }
+    };
+    let (local_batch, accum) = (number(1, None)?, number(2, None)?);
+    let blocks = BlockSizes::tiles(number(3, Some(1024))?, number(4, Some(i64::MAX))?);
+    let world = dist::env::detect_from_env().map_err(|e| e.to_string())?;
+    let backend = if world.mode == LaunchMode::Mpi { Backend::Mpi } else { Backend::Single };
+    let group = dist::init(backend, &world).map_err(|e| e.to_string())?;
+    let r = gradient_check::check_gradients(group.as_ref(), loss, local_batch, accum, blocks).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "rank {} of {}: {loss:?} b={local_batch} k={accum}: max relative gradient error {:.3e} over {} tensors; loss {:.8} vs one-process {:.8}",
+        group.rank(),
+        group.world_size(),
+        r.max_relative_error,
+        r.tensors,
+        r.loss,
+        r.reference_loss
     ))
 }

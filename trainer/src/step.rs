@@ -1,0 +1,291 @@
+//! One step's gradients across ranks: the gathered contrastive loss with exact gradients
+//! (DESIGN §3), gradient caching over micro-batches, and the bucketed gradient all-reduce.
+//!
+//! Every rank calls [`ContrastiveStep::backward`] with its own rows of the global batch
+//! (rank r holds rows `r·b .. (r+1)·b`, split into `k` micro-batches of `b/k`):
+//!
+//! 1. embed the micro-batches (with a graph when `k = 1`, without one otherwise);
+//! 2. all-gather the detached features (one collective for both towers);
+//! 3. compute loss_r over the local rows × the N gathered columns in blocks, with its
+//!    analytic gradient G = ∂loss_r/∂F for all N rows, and ∂loss_r/∂s, ∂loss_r/∂β;
+//! 4. reduce-scatter G (sum), giving g_r = Σ_q ∂loss_q/∂f_r for the local rows;
+//! 5. back-propagate `(f_j · g_j).sum()` through each micro-batch j (re-embedding it with
+//!    a graph when `k > 1`, after re-seeding libtorch's generator exactly as for the first
+//!    pass), and s·∂loss_r/∂s into θ, ∂loss_r/∂β into β;
+//! 6. all-reduce the parameter gradients in flat buckets and divide by W.
+//!
+//! The result equals the gradient of the one-process loss over all N pairs, for any W and
+//! k, because Σ_r loss_r = W·L (CLIP and SigLIP alike). Peak memory is one micro-batch's
+//! activations plus `3 · rows × N` loss tiles plus a few N×d feature matrices.
+
+use std::time::Instant;
+
+use tch::{Kind, Tensor};
+
+use crate::config::LossKind;
+use crate::dist::{ProcessGroup, ReduceOp};
+use crate::error::{Result, TrainError};
+use crate::loss::blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
+use crate::loss::ContrastiveBatch;
+use crate::model::Clip;
+
+/// Time spent in the step's collectives, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CollectiveTimes {
+    /// Feature all-gather and gradient reduce-scatter.
+    pub all_gather: f64,
+    /// Parameter-gradient all-reduce.
+    pub all_reduce: f64,
+}
+
+/// What one step's backward pass reports.
+#[derive(Debug)]
+pub struct StepOutput {
+    /// This rank's loss_r, [] (no host synchronisation); its mean over the ranks is the
+    /// one-process loss of the global batch.
+    pub loss: Tensor,
+    /// Time in collectives.
+    pub times: CollectiveTimes,
+}
+
+/// The distributed contrastive step: the loss, its tiles and the process group.
+pub struct ContrastiveStep<'a> {
+    /// The workers of the job.
+    pub group: &'a dyn ProcessGroup,
+    /// CLIP or SigLIP.
+    pub loss: LossKind,
+    /// Tiles of the blockwise loss.
+    pub blocks: BlockSizes,
+    /// Bytes per gradient all-reduce bucket.
+    pub bucket_bytes: usize,
+}
+
+impl std::fmt::Debug for ContrastiveStep<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContrastiveStep")
+            .field("world_size", &self.group.world_size())
+            .field("loss", &self.loss)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+impl ContrastiveStep<'_> {
+    /// Accumulates into the parameters' gradients (zero them first) the gradient of the
+    /// global batch's loss, and all-reduces them over the ranks. `images` and `tokens` are
+    /// this rank's rows, split into `accum` equal micro-batches; `seed_micro(j)` is called
+    /// before each forward pass of micro-batch j, so stochastic ops replay identically.
+    ///
+    /// # Shapes
+    /// `images`: [b, 3, H, W] float, `tokens`: [b, context_length] int64, b divisible by
+    /// `accum`.
+    pub fn backward(
+        &self,
+        model: &Clip,
+        images: &Tensor,
+        tokens: &Tensor,
+        accum: i64,
+        seed_micro: &dyn Fn(i64),
+    ) -> Result<StepOutput> {
+        let b = images.size()[0];
+        if accum < 1 || b % accum != 0 {
+            return Err(TrainError::Pipeline(format!("a local batch of {b} does not split into {accum} micro-batches")));
+        }
+        let micro = b / accum;
+        let slice = |t: &Tensor, j: i64| t.narrow(0, j * micro, micro);
+        let mut times = CollectiveTimes::default();
+
+        // 1. Features: with a graph to reuse when there is one micro-batch, else cached without.
+        let mut kept = None;
+        let (image_local, text_local) = if accum == 1 {
+            seed_micro(0);
+            let (fi, ft) = model.forward(images, tokens);
+            let detached = (fi.detach(), ft.detach());
+            kept = Some((fi, ft));
+            detached
+        } else {
+            let mut fis = Vec::with_capacity(accum as usize);
+            let mut fts = Vec::with_capacity(accum as usize);
+            tch::no_grad(|| {
+                for j in 0..accum {
+                    seed_micro(j);
+                    let (fi, ft) = model.forward(&slice(images, j), &slice(tokens, j));
+                    fis.push(fi);
+                    fts.push(ft);
+                }
+            });
+            (Tensor::cat(&fis, 0), Tensor::cat(&fts, 0))
+        };
+        let d = image_local.size()[1];
+
+        // 2. Gather both towers' features in one collective.
+        let world = self.group.world_size() as i64;
+        let t = Instant::now();
+        let (image_all, text_all) = if world > 1 {
+            let both = Tensor::cat(&[&image_local, &text_local], 1);
+            let all = self.group.all_gather(&both)?;
+            (all.narrow(1, 0, d).contiguous(), all.narrow(1, d, d).contiguous())
+        } else {
+            (image_local.shallow_clone(), text_local.shallow_clone())
+        };
+        times.all_gather += t.elapsed().as_secs_f64();
+
+        // 3. The loss and its analytic gradients.
+        let batch = ContrastiveBatch {
+            image_local: &image_local,
+            text_local: &text_local,
+            image_all: &image_all,
+            text_all: &text_all,
+            row_offset: self.group.rank() as i64 * b,
+        };
+        let scale = model.logit_scale().detach().exp();
+        let grads: LossGradients = match self.loss {
+            crate::config::LossKind::Clip => clip_loss_blockwise(&batch, &scale, self.blocks)?,
+            crate::config::LossKind::Siglip => {
+                let bias = model.logit_bias().ok_or_else(|| {
+                    TrainError::Pipeline("the SigLIP loss needs a model with a logit bias (init_logit_bias)".into())
+                })?;
+                siglip_loss_blockwise(&batch, &scale, &bias.detach(), self.blocks)?
+            }
+        };
+        drop((image_all, text_all));
+
+        // 4. g_r: the sum over ranks of every loss's gradient, this rank's rows.
+        let t = Instant::now();
+        let g = if world > 1 {
+            let both = Tensor::cat(&[&grads.grad_image, &grads.grad_text], 1);
+            self.group.reduce_scatter(&both, ReduceOp::Sum)?
+        } else {
+            Tensor::cat(&[&grads.grad_image, &grads.grad_text], 1)
+        };
+        times.all_gather += t.elapsed().as_secs_f64();
+        let (g_image, g_text) = (g.narrow(1, 0, d), g.narrow(1, d, d));
+
+        // 5. Back into the towers, one micro-batch at a time.
+        match kept {
+            Some((fi, ft)) => surrogate(&fi, &ft, &g_image, &g_text).backward(),
+            None => {
+                for j in 0..accum {
+                    seed_micro(j);
+                    let (fi, ft) = model.forward(&slice(images, j), &slice(tokens, j));
+                    surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)).backward();
+                }
+            }
+        }
+        // θ (s = exp θ, so ∂/∂θ = s·∂/∂s) and β, through the same autograd accumulation.
+        let mut scalars = model.logit_scale().exp() * grads.grad_logit_scale.detach().to_kind(Kind::Float);
+        if let (Some(bias), Some(gb)) = (model.logit_bias(), &grads.grad_logit_bias) {
+            scalars = scalars + bias * gb.detach().to_kind(Kind::Float);
+        }
+        scalars.backward();
+
+        // 6. Average the parameter gradients over the ranks.
+        let t = Instant::now();
+        all_reduce_gradients(self.group, &model.named_parameters(), self.bucket_bytes)?;
+        times.all_reduce += t.elapsed().as_secs_f64();
+        Ok(StepOutput { loss: grads.loss, times })
+    }
+}
+
+/// Σ f·g over both towers: its gradient with respect to f is g.
+fn surrogate(fi: &Tensor, ft: &Tensor, gi: &Tensor, gt: &Tensor) -> Tensor {
+    (fi * gi.detach()).sum(Kind::Float) + (ft * gt.detach()).sum(Kind::Float)
+}
+
+/// Averages every defined parameter gradient over the ranks, packing them into flat buckets
+/// of about `bucket_bytes` (one collective per bucket, in parameter order; every rank has
+/// the same parameters with the same gradients defined).
+pub fn all_reduce_gradients(
+    group: &dyn ProcessGroup,
+    params: &[(String, Tensor)],
+    bucket_bytes: usize,
+) -> Result<()> {
+    if group.world_size() == 1 {
+        return Ok(());
+    }
+    let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).filter(Tensor::defined).collect();
+    let mut start = 0;
+    while start < grads.len() {
+        let mut end = start;
+        let mut bytes = 0usize;
+        while end < grads.len() && (end == start || bytes < bucket_bytes) {
+            bytes += grads[end].numel() * grads[end].kind().elt_size_in_bytes();
+            end += 1;
+        }
+        let bucket = &grads[start..end];
+        tch::no_grad(|| -> Result<()> {
+            let flat: Vec<Tensor> = bucket.iter().map(|g| g.reshape([-1])).collect();
+            let mut flat = Tensor::cat(&flat, 0);
+            group.all_reduce(&mut flat, ReduceOp::Avg)?;
+            let mut offset = 0;
+            for g in bucket {
+                let n = g.numel() as i64;
+                g.shallow_clone().copy_(&flat.narrow(0, offset, n).view_as(g));
+                offset += n;
+            }
+            Ok(())
+        })?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Copies rank 0's parameters to every rank.
+pub fn broadcast_parameters(group: &dyn ProcessGroup, model: &Clip) -> Result<()> {
+    if group.world_size() == 1 {
+        return Ok(());
+    }
+    for (_, p) in model.named_parameters() {
+        // A flat view of the same storage (0-dim parameters such as θ included).
+        let mut flat = p.view([-1]);
+        group.broadcast(&mut flat, 0)?;
+    }
+    Ok(())
+}
+
+/// Two checksums of the parameters (the sum and the sum of squares, in fp64), gathered from
+/// every rank; an error names the first rank whose parameters differ from rank 0's.
+pub fn check_parameters_agree(group: &dyn ProcessGroup, model: &Clip, step: i64) -> Result<()> {
+    let (mut sum, mut squares) = (0.0f64, 0.0f64);
+    tch::no_grad(|| {
+        for (_, p) in model.named_parameters() {
+            let p = p.to_kind(Kind::Double);
+            sum += p.sum(Kind::Double).double_value(&[]);
+            squares += p.square().sum(Kind::Double).double_value(&[]);
+        }
+    });
+    let local = Tensor::from_slice(&[sum, squares]).view([1, 2]).to_device(model.device());
+    let all = group.all_gather(&local)?.to_device(tch::Device::Cpu);
+    let all: Vec<f64> = Vec::<f64>::try_from(all.reshape([-1])).map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    for (rank, pair) in all.chunks(2).enumerate().skip(1) {
+        if pair[0].to_bits() != all[0].to_bits() || pair[1].to_bits() != all[1].to_bits() {
+            return Err(TrainError::Pipeline(format!(
+                "the parameters differ across ranks at step {step}: rank {rank} has checksums ({:e}, {:e}), rank 0 ({:e}, {:e})",
+                pair[0], pair[1], all[0], all[1]
+            )));
+        }
+    }
+    tracing::debug!(step, checksum = sum, "parameters agree across ranks");
+    Ok(())
+}
+
+/// Every rank's `bytes`, in rank order (through an all-gather of their lengths, then of the
+/// bytes padded to the longest, each byte carried exactly as a float).
+pub fn all_gather_bytes(group: &dyn ProcessGroup, bytes: &[u8], device: tch::Device) -> Result<Vec<Vec<u8>>> {
+    if group.world_size() == 1 {
+        return Ok(vec![bytes.to_vec()]);
+    }
+    let len = Tensor::from_slice(&[bytes.len() as f64]).to_device(device);
+    let lens = Vec::<f64>::try_from(group.all_gather(&len)?.to_device(tch::Device::Cpu))
+        .map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    let longest = lens.iter().fold(0.0f64, |a, &b| a.max(b)) as usize;
+    let mut padded: Vec<f32> = bytes.iter().map(|&b| b as f32).collect();
+    padded.resize(longest.max(1), 0.0);
+    let all = group.all_gather(&Tensor::from_slice(&padded).to_device(device))?.to_device(tch::Device::Cpu);
+    let all = Vec::<f32>::try_from(all).map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    Ok(all
+        .chunks(longest.max(1))
+        .zip(lens)
+        .map(|(chunk, n)| chunk[..n as usize].iter().map(|&v| v as u8).collect())
+        .collect())
+}
