@@ -190,11 +190,19 @@ pub struct SyntheticStream {
 impl SyntheticStream {
     /// Starts producing from `start`.
     pub fn start(cfg: SyntheticStreamConfig, tokenizer: Arc<dyn Tokenizer>, start: DataPosition) -> Result<Self> {
-        if cfg.world_size == 0 || cfg.rank >= cfg.world_size || cfg.batch_size % cfg.world_size != 0 {
+        if cfg.world_size == 0 || cfg.rank >= cfg.world_size || !cfg.batch_size.is_multiple_of(cfg.world_size) {
             return Err(TrainError::Pipeline(format!(
                 "a global batch of {} does not split over {} ranks (rank {})",
                 cfg.batch_size, cfg.world_size, cfg.rank
             )));
+        }
+        if cfg.num_samples < cfg.batch_size as u64 {
+            return Err(ConfigError::invalid(
+                "train_num_samples",
+                cfg.num_samples,
+                format!("at least the global batch, batch_size × accum_freq × world_size = {}", cfg.batch_size),
+            )
+            .into());
         }
         let (tx, rx) = sync_channel(cfg.prefetch);
         let worker = std::thread::Builder::new()

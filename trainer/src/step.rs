@@ -89,7 +89,9 @@ impl ContrastiveStep<'_> {
     ) -> Result<StepOutput> {
         let b = images.size()[0];
         if accum < 1 || b % accum != 0 {
-            return Err(TrainError::Pipeline(format!("a local batch of {b} does not split into {accum} micro-batches")));
+            return Err(TrainError::Pipeline(format!(
+                "a local batch of {b} does not split into {accum} micro-batches"
+            )));
         }
         let micro = b / accum;
         let slice = |t: &Tensor, j: i64| t.narrow(0, j * micro, micro);
@@ -175,7 +177,7 @@ impl ContrastiveStep<'_> {
         // θ (s = exp θ, so ∂/∂θ = s·∂/∂s) and β, through the same autograd accumulation.
         let mut scalars = model.logit_scale().exp() * grads.grad_logit_scale.detach().to_kind(Kind::Float);
         if let (Some(bias), Some(gb)) = (model.logit_bias(), &grads.grad_logit_bias) {
-            scalars = scalars + bias * gb.detach().to_kind(Kind::Float);
+            scalars += bias * gb.detach().to_kind(Kind::Float);
         }
         scalars.backward();
 
@@ -195,11 +197,7 @@ fn surrogate(fi: &Tensor, ft: &Tensor, gi: &Tensor, gt: &Tensor) -> Tensor {
 /// Averages every defined parameter gradient over the ranks, packing them into flat buckets
 /// of about `bucket_bytes` (one collective per bucket, in parameter order; every rank has
 /// the same parameters with the same gradients defined).
-pub fn all_reduce_gradients(
-    group: &dyn ProcessGroup,
-    params: &[(String, Tensor)],
-    bucket_bytes: usize,
-) -> Result<()> {
+pub fn all_reduce_gradients(group: &dyn ProcessGroup, params: &[(String, Tensor)], bucket_bytes: usize) -> Result<()> {
     if group.world_size() == 1 {
         return Ok(());
     }

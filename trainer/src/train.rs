@@ -360,9 +360,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let images = images_to_tensor(&batch.images, device);
         let tokens = tokens_to_tensor(&batch.tokens, ctx, device);
         optimizer.zero_grad();
-        let out = contrastive.backward(&model, &images, &tokens, cfg.accum_freq, &|micro| {
-            seed_micro_batch(cfg.seed, step, micro)
-        })?;
+        let out = contrastive
+            .backward(&model, &images, &tokens, cfg.accum_freq, &|micro| seed_micro_batch(cfg.seed, step, micro))?;
         drop((images, tokens));
         metrics.observe_all_gather(out.times.all_gather);
         metrics.observe_all_reduce(out.times.all_reduce);

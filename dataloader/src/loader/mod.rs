@@ -201,7 +201,7 @@ impl LoaderConfig {
         if world == 0 || rank >= world {
             return Err(invalid("rank", format!("{rank} of {world}"), "0 ≤ rank < world size".into()));
         }
-        if global_batch == 0 || global_batch % world != 0 {
+        if global_batch == 0 || !global_batch.is_multiple_of(world) {
             return Err(invalid(
                 "batch_size",
                 global_batch.to_string(),

@@ -156,12 +156,14 @@ pub fn auto_partitions(shards: usize, world: usize, global_batch: usize, resampl
             ),
         });
     }
-    (world..=cap).rev().find(|c| c % world == 0 && global_batch % c == 0).ok_or_else(|| DataError::InvalidArgument {
-        name: "batch_size",
-        value: global_batch.to_string(),
-        allowed: format!(
-            "a global batch divisible by a partition count between {world} and {cap} (set data_partitions)"
-        ),
+    (world..=cap).rev().find(|c| c.is_multiple_of(world) && global_batch.is_multiple_of(*c)).ok_or_else(|| {
+        DataError::InvalidArgument {
+            name: "batch_size",
+            value: global_batch.to_string(),
+            allowed: format!(
+                "a global batch divisible by a partition count between {world} and {cap} (set data_partitions)"
+            ),
+        }
     })
 }
 
@@ -181,10 +183,10 @@ pub fn check_partitions(
         value: partitions.to_string(),
         allowed: why,
     };
-    if partitions == 0 || partitions % world != 0 {
+    if partitions == 0 || !partitions.is_multiple_of(world) {
         return Err(bad(format!("a positive multiple of the world size {world}")));
     }
-    if global_batch % partitions != 0 {
+    if !global_batch.is_multiple_of(partitions) {
         return Err(bad(format!("a divisor of the global batch {global_batch}")));
     }
     if !resampled && partitions > shards {

@@ -86,7 +86,7 @@ pub(super) struct Horizontal<'a> {
 impl<'a> Horizontal<'a> {
     /// Prepares the pass for `taps`.
     pub(super) fn new(taps: Taps<'a>) -> Horizontal<'a> {
-        let simd = use_avx2() && taps.taps % 4 == 0 && taps.weights.len() == taps.starts.len() * taps.taps;
+        let simd = use_avx2() && taps.taps.is_multiple_of(4) && taps.weights.len() == taps.starts.len() * taps.taps;
         let expanded = if simd { taps.weights.iter().flat_map(|&w| [w; 4]).collect() } else { Vec::new() };
         Horizontal { taps, expanded }
     }

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 
 /// A requested byte range: `a-[b]` or the suffix `-n`.
@@ -44,7 +44,7 @@ pub(crate) fn serve(root: &Path) -> FileServer {
     FileServer { port }
 }
 
-fn answer(mut stream: TcpStream, root: &PathBuf) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;

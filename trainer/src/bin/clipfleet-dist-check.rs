@@ -78,7 +78,8 @@ fn grads(args: &[String]) -> Result<String, String> {
     let world = dist::env::detect_from_env().map_err(|e| e.to_string())?;
     let backend = if world.mode == LaunchMode::Mpi { Backend::Mpi } else { Backend::Single };
     let group = dist::init(backend, &world).map_err(|e| e.to_string())?;
-    let r = gradient_check::check_gradients(group.as_ref(), loss, local_batch, accum, blocks).map_err(|e| e.to_string())?;
+    let r =
+        gradient_check::check_gradients(group.as_ref(), loss, local_batch, accum, blocks).map_err(|e| e.to_string())?;
     Ok(format!(
         "rank {} of {}: {loss:?} b={local_batch} k={accum}: max relative gradient error {:.3e} over {} tensors; loss {:.8} vs one-process {:.8}",
         group.rank(),

@@ -104,7 +104,7 @@ pub(super) unsafe fn horizontal_line(
     dst: &mut [u8],
 ) -> bool {
     let outputs = dst.len() / 3;
-    if taps == 0 || taps % 4 != 0 || starts.len() < outputs || expanded.len() < outputs * taps * 4 {
+    if taps == 0 || !taps.is_multiple_of(4) || starts.len() < outputs || expanded.len() < outputs * taps * 4 {
         return false;
     }
     let max_start = starts[..outputs].iter().copied().max().unwrap_or(0);
