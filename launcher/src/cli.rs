@@ -45,6 +45,68 @@ pub(crate) enum Command {
     /// Make datasets of shards (WebDataset tars or img2dataset Parquet) and inspect them.
     #[command(subcommand)]
     Shards(ShardsCommand),
+    /// Start the workers of this node and supervise them (like torchrun): one process per GPU
+    /// (NCCL), or one `mpirun` on CPUs (MPI). When a worker fails, the others are stopped, and
+    /// the group is restarted (with `--resume latest`) up to `--max-restarts` times.
+    ///
+    /// The worker's command line goes after `--`. Without --nnodes/--node-rank, the node's place
+    /// is read from Slurm (SLURM_NNODES, SLURM_NODEID) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, CLIPFLEET_NNODES); otherwise this is the only node.
+    ///
+    /// Example: `clipfleet launch --nproc-per-node 8 -- train --config run.toml`
+    Launch(LaunchArgs),
+}
+
+/// Which transport the workers use, and so how `clipfleet launch` starts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LaunchBackend {
+    /// nccl when a CUDA device is visible; otherwise mpi for more than one worker, else one plain worker.
+    Auto,
+    /// One process per GPU, started by the launcher with the torchrun variables.
+    Nccl,
+    /// One `mpirun -np N` on this node (CPU tensors); one node only.
+    Mpi,
+}
+
+/// `clipfleet launch`.
+#[derive(Debug, Args)]
+pub(crate) struct LaunchArgs {
+    /// Workers on this node (default: CLIPFLEET_NPROC_PER_NODE, else the number of CUDA devices, else 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) nproc_per_node: Option<u32>,
+    /// Nodes in the job (default: from Slurm or a Kubernetes Indexed Job, else 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) nnodes: Option<u32>,
+    /// This node's index, 0..nnodes (default: from Slurm or a Kubernetes Indexed Job, else 0).
+    #[arg(long, value_name = "I")]
+    pub(crate) node_rank: Option<u32>,
+    /// Host of the rendezvous, reachable from every node (default: MASTER_ADDR, else Slurm's first
+    /// node or the Job's pod 0, else 127.0.0.1).
+    #[arg(long, value_name = "HOST")]
+    pub(crate) master_addr: Option<String>,
+    /// Port of the rendezvous on the master (default: MASTER_PORT, else 29500).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) master_port: Option<u16>,
+    /// Restart the whole group this many times after a worker fails (each restart resumes
+    /// `train` from its latest checkpoint).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_restarts: u32,
+    /// Seconds between SIGTERM and SIGKILL when stopping workers.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub(crate) grace_period: f64,
+    /// Transport: auto, nccl or mpi.
+    #[arg(long, value_enum, default_value_t = LaunchBackend::Auto)]
+    pub(crate) backend: LaunchBackend,
+    /// The worker's command line, after `--`, e.g. `train --config run.toml`.
+    #[arg(last = true, required = true, value_name = "WORKER ARGS")]
+    pub(crate) worker_args: Vec<String>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds >= 0")),
+    }
 }
 
 /// `clipfleet tokenize`.

@@ -15,7 +15,9 @@ fn main() -> ExitCode {
     // Every log line carries the rank, as the worker derives it from its environment
     // (torchrun's RANK, mpirun, Slurm, Kubernetes; 0 for a single process).
     let rank = clipfleet_trainer::dist::env::detect(&std::env::vars().collect()).map(|w| w.rank).unwrap_or(0);
-    let _span = tracing::info_span!("worker", rank).entered();
+    // The launcher is no worker: its lines carry no rank.
+    let _span =
+        (!matches!(cli.command, cli::Command::Launch(_))).then(|| tracing::info_span!("worker", rank).entered());
     let result = match cli.command {
         cli::Command::Train(args) => commands::train::run(*args, bar),
         cli::Command::Eval(args) => commands::eval::run(args),
@@ -25,6 +27,11 @@ fn main() -> ExitCode {
         cli::Command::Bench(cli::BenchCommand::Loss(args)) => commands::bench::loss::run(args),
         cli::Command::Tokenize(args) => commands::tokenize::run(args),
         cli::Command::Shards(command) => commands::shards::run(command),
+        // The launcher exits with its workers' status, not just 0 or 1.
+        cli::Command::Launch(args) => match commands::launch::run(args) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

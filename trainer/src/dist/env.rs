@@ -262,24 +262,7 @@ fn kubernetes(env: &HashMap<String, String>) -> Result<WorldInfo, DistError> {
             });
         }
     }
-    let master_addr = match env.get("CLIPFLEET_MASTER_ADDR") {
-        Some(addr) => addr.clone(),
-        None => {
-            let service = required_str(env, "CLIPFLEET_SERVICE")?;
-            let job = match env.get("CLIPFLEET_JOB_NAME") {
-                Some(job) => job.clone(),
-                None => {
-                    let host = env.get("HOSTNAME").ok_or_else(|| missing("CLIPFLEET_JOB_NAME"))?;
-                    let suffix = format!("-{rank}");
-                    host.strip_suffix(&suffix).map(str::to_owned).ok_or_else(|| DistError::Env {
-                        var: "HOSTNAME".into(),
-                        reason: format!("{host:?} does not end in {suffix:?}; set CLIPFLEET_JOB_NAME"),
-                    })?
-                }
-            };
-            format!("{job}-0.{service}")
-        }
-    };
+    let master_addr = kubernetes_master_addr(env, rank)?;
     let mut info = WorldInfo {
         rank,
         local_rank: 0,
@@ -291,6 +274,35 @@ fn kubernetes(env: &HashMap<String, String>) -> Result<WorldInfo, DistError> {
     };
     master_override(env, &mut info)?;
     Ok(info)
+}
+
+/// The master of a Kubernetes Indexed Job, seen from the pod with completion index `index`:
+/// `CLIPFLEET_MASTER_ADDR`, or else `<job>-0.<CLIPFLEET_SERVICE>`, where `<job>` is
+/// `CLIPFLEET_JOB_NAME` or `HOSTNAME` without its `-<index>` suffix. `MASTER_ADDR` is not
+/// consulted here (callers apply it on top). Used by the workers (rule 5) and by `clipfleet launch`.
+pub fn kubernetes_master_addr(env: &HashMap<String, String>, index: usize) -> Result<String, DistError> {
+    if let Some(addr) = env.get("CLIPFLEET_MASTER_ADDR") {
+        return Ok(addr.clone());
+    }
+    let service = required_str(env, "CLIPFLEET_SERVICE")?;
+    let job = match env.get("CLIPFLEET_JOB_NAME") {
+        Some(job) => job.clone(),
+        None => {
+            let host = env.get("HOSTNAME").ok_or_else(|| missing("CLIPFLEET_JOB_NAME"))?;
+            let suffix = format!("-{index}");
+            host.strip_suffix(&suffix).map(str::to_owned).ok_or_else(|| DistError::Env {
+                var: "HOSTNAME".into(),
+                reason: format!("{host:?} does not end in {suffix:?}; set CLIPFLEET_JOB_NAME"),
+            })?
+        }
+    };
+    Ok(format!("{job}-0.{service}"))
+}
+
+/// `MASTER_PORT` from an environment map: `None` when unset, an error naming the variable when it
+/// is not a port number (1-65535).
+pub fn master_port(env: &HashMap<String, String>) -> Result<Option<u16>, DistError> {
+    port(env)
 }
 
 /// `MASTER_ADDR` / `MASTER_PORT`, when set, win over the derived master.

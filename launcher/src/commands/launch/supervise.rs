@@ -1,0 +1,390 @@
+//! Supervision of one attempt: watch the workers and the launcher's signals until every worker
+//! has exited. The decisions are a state machine ([`Supervision`]) driven by events with
+//! explicit times, so they are tested without processes or sleeps; [`supervise`] drives it with
+//! real children, polling every 50 ms.
+//!
+//! - A worker that exits non-zero or is killed by a signal fails the attempt: the others get
+//!   SIGTERM, and SIGKILL once the grace period is over.
+//! - SIGTERM, SIGINT or SIGHUP to the launcher is forwarded, followed by SIGKILL after the grace
+//!   period (at once on a second such signal); the attempt is then stopped, never restarted.
+//! - SIGUSR1 is forwarded and changes nothing else.
+//! - Workers that exit 0 while others still run are fine.
+
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+
+use super::signals;
+use super::workers::{Label, MpirunReport, Worker};
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Death {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled { signal: c_int, core_dumped: bool },
+}
+
+impl Death {
+    pub(crate) fn from_status(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Death::Exited(code),
+            (None, Some(signal)) => Death::Signaled { signal, core_dumped: status.core_dumped() },
+            (None, None) => Death::Exited(1),
+        }
+    }
+
+    pub(crate) fn is_success(self) -> bool {
+        self == Death::Exited(0)
+    }
+
+    /// The launcher's exit status for this death: the code itself, or 128 + the signal.
+    pub(crate) fn exit_code(self) -> u8 {
+        match self {
+            Death::Exited(code) => (code & 0xff) as u8,
+            Death::Signaled { signal, .. } => (128 + signal).clamp(0, 255) as u8,
+        }
+    }
+}
+
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Death::Exited(code) => write!(f, "exit status {code}"),
+            Death::Signaled { signal, core_dumped } => {
+                write!(f, "killed by signal {signal} ({})", signals::name(signal))?;
+                if core_dumped {
+                    f.write_str(", core dumped")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Something to do to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Action {
+    pub(crate) worker: usize,
+    pub(crate) signal: c_int,
+}
+
+/// The first failure of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) worker: usize,
+    pub(crate) death: Death,
+}
+
+/// How an attempt ended, once every worker has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Every worker exited 0.
+    Succeeded,
+    /// A worker failed first (and the launcher was not asked to stop).
+    Failed(Failure),
+    /// The launcher was asked to stop by this signal.
+    Stopped(c_int),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping { deadline: Instant, killed: bool },
+}
+
+/// The decisions of one attempt.
+#[derive(Debug)]
+pub(crate) struct Supervision {
+    grace: Duration,
+    live: Vec<bool>,
+    phase: Phase,
+    failure: Option<Failure>,
+    stop: Option<c_int>,
+}
+
+impl Supervision {
+    pub(crate) fn new(workers: usize, grace: Duration) -> Self {
+        Supervision { grace, live: vec![true; workers], phase: Phase::Running, failure: None, stop: None }
+    }
+
+    fn to_live(&self, signal: c_int) -> Vec<Action> {
+        (0..self.live.len()).filter(|&w| self.live[w]).map(|worker| Action { worker, signal }).collect()
+    }
+
+    fn begin_stopping(&mut self, now: Instant) {
+        let deadline = now + self.grace;
+        self.phase = match self.phase {
+            Phase::Running => Phase::Stopping { deadline, killed: false },
+            Phase::Stopping { deadline: d, killed } => Phase::Stopping { deadline: d.min(deadline), killed },
+        };
+    }
+
+    /// Whether worker `worker` is still running.
+    pub(crate) fn is_live(&self, worker: usize) -> bool {
+        self.live[worker]
+    }
+
+    /// Whether the attempt is winding down (a failure or a stop signal).
+    pub(crate) fn stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// Worker `worker` exited. The first failure while running stops the others.
+    pub(crate) fn exited(&mut self, worker: usize, death: Death, now: Instant) -> Vec<Action> {
+        self.live[worker] = false;
+        if death.is_success() || self.stopping() {
+            return Vec::new();
+        }
+        self.failure = Some(Failure { worker, death });
+        self.begin_stopping(now);
+        self.to_live(libc::SIGTERM)
+    }
+
+    /// The launcher received `signal`.
+    pub(crate) fn signal(&mut self, signal: c_int, now: Instant) -> Vec<Action> {
+        if !signals::is_stop(signal) {
+            return self.to_live(signal);
+        }
+        if self.stop.is_some() {
+            // Asked twice: no more waiting.
+            if let Phase::Stopping { deadline, .. } = self.phase {
+                self.phase = Phase::Stopping { deadline, killed: true };
+            }
+            return self.to_live(libc::SIGKILL);
+        }
+        self.stop = Some(signal);
+        self.begin_stopping(now);
+        self.to_live(signal)
+    }
+
+    /// Time passed: after the grace period, SIGKILL whoever is left.
+    pub(crate) fn tick(&mut self, now: Instant) -> Vec<Action> {
+        match self.phase {
+            Phase::Stopping { deadline, killed: false } if now >= deadline => {
+                self.phase = Phase::Stopping { deadline, killed: true };
+                self.to_live(libc::SIGKILL)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The outcome, once no worker is left.
+    pub(crate) fn outcome(&self) -> Option<Outcome> {
+        if self.live.iter().any(|&l| l) {
+            return None;
+        }
+        Some(match (self.stop, self.failure) {
+            (Some(signal), _) => Outcome::Stopped(signal),
+            (None, Some(failure)) => Outcome::Failed(failure),
+            (None, None) => Outcome::Succeeded,
+        })
+    }
+}
+
+/// A failed attempt, described for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FailureReport {
+    /// `worker rank 1`, or `mpirun` when mpirun did not say which rank failed.
+    pub(crate) who: String,
+    /// The process that failed.
+    pub(crate) pid: libc::pid_t,
+    pub(crate) death: Death,
+}
+
+impl fmt::Display for FailureReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed: {} (pid {})", self.who, self.death, self.pid)
+    }
+}
+
+/// The end of an attempt, as [`supervise`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Succeeded,
+    Failed(FailureReport),
+    Stopped(c_int),
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// Supervises `workers` until all have exited; see the module docs.
+pub(crate) fn supervise(mut workers: Vec<Worker>, grace: Duration) -> Ended {
+    let mut sup = Supervision::new(workers.len(), grace);
+    let outcome = loop {
+        let now = Instant::now();
+        for signal in signals::take_pending() {
+            tracing::warn!("received {}: forwarding it to the workers", signals::name(signal));
+            apply(&workers, sup.signal(signal, now));
+        }
+        for i in 0..workers.len() {
+            if !sup.is_live(i) {
+                continue;
+            }
+            let polled = workers[i].child.try_wait();
+            let w = &workers[i];
+            let death = match polled {
+                Ok(None) => continue,
+                Ok(Some(status)) => Death::from_status(status),
+                Err(e) => {
+                    tracing::error!("cannot wait for {} (pid {}): {e}", w.label, w.pid());
+                    Death::Exited(1)
+                }
+            };
+            let was_stopping = sup.stopping();
+            let actions = sup.exited(i, death, now);
+            if death.is_success() {
+                tracing::info!("worker {} (pid {}) finished", w.label, w.pid());
+            } else if was_stopping {
+                tracing::info!("worker {} (pid {}) stopped: {death}", w.label, w.pid());
+            } else {
+                tracing::error!(
+                    "worker {} (pid {}) failed: {death}; stopping the others (SIGKILL after {:.1} s)",
+                    w.label,
+                    w.pid(),
+                    grace.as_secs_f64()
+                );
+            }
+            apply(&workers, actions);
+        }
+        let actions = sup.tick(Instant::now());
+        if !actions.is_empty() {
+            tracing::warn!("the {:.1} s grace period is over", grace.as_secs_f64());
+        }
+        apply(&workers, actions);
+        if let Some(outcome) = sup.outcome() {
+            break outcome;
+        }
+        std::thread::sleep(POLL);
+    };
+    if outcome != Outcome::Succeeded {
+        for w in &workers {
+            w.kill_leftovers();
+        }
+    }
+    let reports: Vec<MpirunReport> = workers.iter_mut().map(Worker::finish).collect();
+    match outcome {
+        Outcome::Succeeded => Ended::Succeeded,
+        Outcome::Stopped(signal) => Ended::Stopped(signal),
+        Outcome::Failed(Failure { worker, death }) => {
+            let w = &workers[worker];
+            let (who, death) = match (w.label, &reports[worker]) {
+                (Label::Mpirun, MpirunReport { rank: Some(rank), signal }) => (
+                    format!("worker rank {rank}"),
+                    signal.map_or(death, |signal| Death::Signaled { signal, core_dumped: false }),
+                ),
+                (Label::Mpirun, _) => ("mpirun".to_owned(), death),
+                (label, _) => (format!("worker {label}"), death),
+            };
+            Ended::Failed(FailureReport { who, pid: w.pid(), death })
+        }
+    }
+}
+
+fn apply(workers: &[Worker], actions: Vec<Action>) {
+    for Action { worker, signal } in actions {
+        let w = &workers[worker];
+        if signal == libc::SIGKILL {
+            tracing::warn!("worker {} (pid {}) is still running: sending SIGKILL", w.label, w.pid());
+        }
+        w.signal(signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    fn kill(worker: usize) -> Action {
+        Action { worker, signal: libc::SIGKILL }
+    }
+    fn term(worker: usize) -> Action {
+        Action { worker, signal: libc::SIGTERM }
+    }
+
+    #[test]
+    fn all_zero_exits_succeed_even_when_early() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(3, GRACE);
+        assert!(s.exited(1, Death::Exited(0), t0).is_empty());
+        assert_eq!(s.tick(t0 + GRACE * 10), vec![]);
+        assert_eq!(s.outcome(), None);
+        s.exited(0, Death::Exited(0), t0);
+        s.exited(2, Death::Exited(0), t0);
+        assert_eq!(s.outcome(), Some(Outcome::Succeeded));
+    }
+
+    #[test]
+    fn a_failure_terminates_the_others_then_kills_after_the_grace_period() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(3, GRACE);
+        assert_eq!(s.exited(1, Death::Exited(3), t0), vec![term(0), term(2)]);
+        assert_eq!(s.tick(t0 + GRACE - Duration::from_millis(1)), vec![]);
+        // Worker 0 obeys SIGTERM; worker 2 does not.
+        assert!(s.exited(0, Death::Signaled { signal: libc::SIGTERM, core_dumped: false }, t0).is_empty());
+        assert_eq!(s.tick(t0 + GRACE), vec![kill(2)]);
+        assert_eq!(s.tick(t0 + GRACE * 2), vec![], "SIGKILL is sent once");
+        assert_eq!(s.outcome(), None);
+        s.exited(2, Death::Signaled { signal: libc::SIGKILL, core_dumped: false }, t0 + GRACE);
+        assert_eq!(s.outcome(), Some(Outcome::Failed(Failure { worker: 1, death: Death::Exited(3) })));
+    }
+
+    #[test]
+    fn a_stop_signal_is_forwarded_and_never_a_failure() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(2, GRACE);
+        assert_eq!(s.signal(libc::SIGTERM, t0), vec![term(0), term(1)]);
+        s.exited(0, Death::Signaled { signal: libc::SIGTERM, core_dumped: false }, t0);
+        s.exited(1, Death::Exited(1), t0);
+        assert_eq!(s.outcome(), Some(Outcome::Stopped(libc::SIGTERM)));
+    }
+
+    #[test]
+    fn a_second_stop_signal_kills_at_once() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(2, GRACE);
+        let int = |w| Action { worker: w, signal: libc::SIGINT };
+        assert_eq!(s.signal(libc::SIGINT, t0), vec![int(0), int(1)]);
+        assert_eq!(s.signal(libc::SIGINT, t0), vec![kill(0), kill(1)]);
+        assert_eq!(s.tick(t0 + GRACE), vec![], "already killed");
+    }
+
+    #[test]
+    fn sigusr1_is_only_forwarded() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(2, GRACE);
+        s.exited(0, Death::Exited(0), t0);
+        assert_eq!(s.signal(libc::SIGUSR1, t0), vec![Action { worker: 1, signal: libc::SIGUSR1 }]);
+        assert!(!s.stopping());
+        s.exited(1, Death::Exited(0), t0);
+        assert_eq!(s.outcome(), Some(Outcome::Succeeded));
+    }
+
+    #[test]
+    fn a_stop_signal_after_a_failure_wins_and_keeps_the_earlier_deadline() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(2, GRACE);
+        s.exited(0, Death::Signaled { signal: libc::SIGSEGV, core_dumped: true }, t0);
+        s.signal(libc::SIGTERM, t0 + Duration::from_secs(10));
+        assert_eq!(s.tick(t0 + GRACE), vec![kill(1)]);
+        s.exited(1, Death::Exited(0), t0 + GRACE);
+        assert_eq!(s.outcome(), Some(Outcome::Stopped(libc::SIGTERM)));
+    }
+
+    #[test]
+    fn deaths_read_like_the_shell() {
+        assert_eq!(Death::Exited(3).to_string(), "exit status 3");
+        let killed = Death::Signaled { signal: libc::SIGKILL, core_dumped: false };
+        assert_eq!(killed.to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(killed.exit_code(), 137);
+        let segv = Death::Signaled { signal: libc::SIGSEGV, core_dumped: true };
+        assert_eq!(segv.to_string(), "killed by signal 11 (SIGSEGV), core dumped");
+        assert_eq!(Death::Exited(3).exit_code(), 3);
+    }
+}

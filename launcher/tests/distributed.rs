@@ -1,0 +1,219 @@
+//! Multi-process training with real OpenMPI: `clipfleet launch --nproc-per-node 2 --backend
+//! mpi -- train …` ends with the weights of one process training on the same global batch
+//! (synthetic data and shards), gradient caching matches one pass, and the launcher restarts
+//! the group from the last checkpoint when a worker is killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{bin, ok, refs, run, stderr, tiny_args};
+
+/// Largest |a − b| over every weight two runs end with. After a few AdamW steps, fp32
+/// rounding differences of ~1e-6 in a gradient (another summation order across ranks) move a
+/// weight by at most a small fraction of the learning rate (5e-4): Adam normalises each
+/// update, so a near-zero gradient entry can flip its small update.
+const WEIGHT_TOLERANCE: f64 = 1e-4;
+
+fn weights(run: &Path, step: i64) -> Vec<(String, tch::Tensor)> {
+    let path = run.join(format!("checkpoints/step_{step}/model.safetensors"));
+    let mut w = tch::Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    w.sort_by(|a, b| a.0.cmp(&b.0));
+    w
+}
+
+fn max_weight_difference(a: &Path, b: &Path, step: i64) -> f64 {
+    let (wa, wb) = (weights(a, step), weights(b, step));
+    assert_eq!(wa.len(), wb.len());
+    wa.iter()
+        .zip(&wb)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+/// `train` flags with `--batch-size` replaced.
+fn with_batch(mut args: Vec<String>, batch: i64) -> Vec<String> {
+    let i = args.iter().position(|a| a == "--batch-size").expect("--batch-size");
+    args[i + 1] = batch.to_string();
+    args
+}
+
+/// `clipfleet launch --nproc-per-node N --backend mpi [EXTRA] -- ARGS`.
+fn launch_args(n: usize, extra: &[&str], worker: &[String]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["launch", "--nproc-per-node", &n.to_string(), "--backend", "mpi"].map(String::from).to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("--".into());
+    args.extend(worker.iter().cloned());
+    args
+}
+
+fn eval_report(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).expect("eval.json")).expect("json")
+}
+
+fn assert_same_eval(a: &Path, b: &Path) {
+    let (ea, eb) = (eval_report(a), eval_report(b));
+    for key in ["image_to_text_r1", "text_to_image_r1", "val_loss"] {
+        let (x, y) = (ea[key].as_f64().expect(key), eb[key].as_f64().expect(key));
+        assert!((x - y).abs() <= 1e-3, "{key}: {x} vs {y}\n{ea}\n{eb}");
+    }
+}
+
+#[test]
+fn two_mpi_workers_train_like_one_process_on_synthetic_data() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    ok(run(&refs(&with_batch(tiny_args(&one, 6, 3), 16))));
+    let out = ok(run(&refs(&launch_args(2, &[], &with_batch(tiny_args(&two, 6, 3), 8)))));
+    let log = stderr(&out);
+    assert!(log.contains("\"mode\":\"mpi\"") && log.contains("\"world_size\":2"), "{log}");
+    let diff = max_weight_difference(&one, &two, 6);
+    eprintln!("2 MPI workers × 8 vs 1 process × 16, 6 steps: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_eval(&one, &two);
+    // The 2-worker checkpoint says so.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/step_3/state.json")).expect("state.json"))
+            .expect("json");
+    assert_eq!((state["world_size"].as_u64(), state["global_batch"].as_i64()), (Some(2), Some(16)), "{state}");
+}
+
+#[test]
+fn two_mpi_workers_train_like_one_process_on_shards_and_resume_on_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("shards");
+    let o = dir.to_str().expect("utf-8");
+    ok(run(&["shards", "make", "--synthetic", "240", "--samples-per-shard", "30", "--output", o]));
+    let train = format!("{o}/shard-{{000000..000007}}.tar");
+    let shard_flags = |args: Vec<String>| {
+        let mut args = args;
+        args.extend(["--train-data", &train, "--workers", "1", "--shuffle-window", "16"].map(String::from));
+        args
+    };
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    ok(run(&refs(&shard_flags(with_batch(tiny_args(&one, 6, 3), 16)))));
+    ok(run(&refs(&launch_args(2, &[], &shard_flags(with_batch(tiny_args(&two, 6, 3), 8))))));
+    let diff = max_weight_difference(&one, &two, 6);
+    eprintln!("shards: 2 MPI workers × 8 vs 1 process × 16, 6 steps: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+
+    // The 2-worker checkpoint holds every partition's cursor, merged by rank 0; one process
+    // resumes from it and continues the same batches.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/step_3/state.json")).expect("state.json"))
+            .expect("json");
+    assert_eq!(state["shards"]["cursors"].as_object().map(|c| c.len()), Some(8), "{state}");
+    let resumed = tmp.path().join("resumed");
+    copy_dir(&two.join("checkpoints/step_3"), &resumed.join("checkpoints/step_3"));
+    std::fs::write(resumed.join("checkpoints/latest"), "step_3").expect("latest");
+    let mut args = shard_flags(with_batch(tiny_args(&resumed, 6, 3), 16));
+    args.extend(["--resume", "latest"].map(String::from));
+    ok(run(&refs(&args)));
+    let diff = max_weight_difference(&one, &resumed, 6);
+    eprintln!("shards: 2 workers to step 3, then 1 process to step 6, vs 1 process: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+}
+
+#[test]
+fn gradient_caching_trains_like_one_pass() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (one, cached) = (tmp.path().join("one"), tmp.path().join("cached"));
+    ok(run(&refs(&with_batch(tiny_args(&one, 4, 0), 16))));
+    let mut args = with_batch(tiny_args(&cached, 4, 0), 4);
+    args.extend(["--accum-freq", "4", "--loss-block-rows", "5"].map(String::from));
+    ok(run(&refs(&args)));
+    let diff = max_weight_difference(&one, &cached, 4);
+    eprintln!("--batch-size 4 --accum-freq 4 vs --batch-size 16, 4 steps: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+}
+
+#[test]
+fn siglip_trains_across_two_mpi_workers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let siglip = |mut args: Vec<String>| {
+        args.extend(["--loss", "siglip", "--check-params-every", "1"].map(String::from));
+        args
+    };
+    ok(run(&refs(&siglip(with_batch(tiny_args(&one, 4, 0), 16)))));
+    ok(run(&refs(&launch_args(2, &[], &siglip(with_batch(tiny_args(&two, 4, 0), 8))))));
+    let diff = max_weight_difference(&one, &two, 4);
+    eprintln!("siglip: 2 MPI workers × 8 vs 1 process × 16, 4 steps: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    let bias = weights(&two, 4).into_iter().find(|(n, _)| n == "logit_bias").expect("logit_bias").1;
+    let bias = bias.double_value(&[]);
+    assert!(bias != -10.0 && (bias + 10.0).abs() < 0.1, "the learnable bias starts at -10 and moves: {bias}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir").flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// Pids of `clipfleet-core train` workers whose command line mentions `output`.
+fn worker_pids(output: &Path) -> Vec<u32> {
+    let needle = output.to_str().expect("utf-8");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.get(1).map(String::as_str) == Some("train") && args.iter().any(|a| a == needle) {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// A worker SIGKILLed mid-run: the launcher stops the other, restarts the group from the last
+/// checkpoint, and the run completes with the weights of an uninterrupted run.
+#[test]
+fn launcher_restarts_the_group_after_a_worker_is_killed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let steps = 40;
+    let worker = |output: &PathBuf| with_batch(tiny_args(output, steps, 5), 8);
+    ok(run(&refs(&launch_args(2, &[], &worker(&straight)))));
+
+    let args = launch_args(2, &["--max-restarts", "2", "--grace-period", "5"], &worker(&killed));
+    let child = Command::new(bin())
+        .args(&args)
+        .args(["--log-format", "json"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn launch");
+    let start = Instant::now();
+    let latest = killed.join("checkpoints/latest");
+    let victim = loop {
+        assert!(start.elapsed() < Duration::from_secs(240), "no checkpoint appeared");
+        if latest.exists() {
+            if let Some(&pid) = worker_pids(&killed).last() {
+                break pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: sends SIGKILL to a worker process this test's launcher started.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let out = child.wait_with_output().expect("wait");
+    let log = stderr(&out);
+    assert!(out.status.success(), "the launcher did not finish the run: {:?}\n{log}", out.status);
+    assert!(log.contains("restart"), "{log}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(killed.join(format!("checkpoints/step_{steps}/state.json"))).expect("state.json"),
+    )
+    .expect("json");
+    assert_eq!(state["step"], steps);
+    let diff = max_weight_difference(&straight, &killed, steps);
+    eprintln!("killed and restarted vs uninterrupted, {steps} steps: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+}
