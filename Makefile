@@ -4,11 +4,11 @@
 setup:
 	@scripts/setup.sh
 
-## make demo: train the tiny CLIP on the built-in synthetic data (2 CPU cores, a few minutes) into runs/demo/
+## make demo: train the tiny CLIP on the built-in synthetic data with 2 CPU workers (OpenMPI), a few minutes, into runs/demo/
 demo:
 	@scripts/setup.sh
 	@rm -rf runs/demo
-	target/release/clipfleet train --config docs/examples/demo.toml --output runs/demo --log-format human
+	target/release/clipfleet launch --log-format human --nproc-per-node 2 --backend mpi -- train --config docs/examples/demo.toml --output runs/demo --log-format human
 
 ## make test: the whole test suite (unit, parity against open_clip 3.3.0, integration)
 test:
