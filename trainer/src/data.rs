@@ -139,9 +139,26 @@ pub fn tokenizer_for(model: &ClipConfig, vocab: Option<&Path>) -> Result<Arc<dyn
 /// # Shapes
 /// `batch`: [b, H, W, 3] uint8 → [b, 3, H, W] float32.
 pub fn images_to_tensor(batch: &ImageBatch, device: Device) -> Tensor {
+    normalize_images(&images_to_device(batch, device))
+}
+
+/// Moves uint8 NHWC images to `device`, still uint8 (a quarter of the float size): gradient
+/// caching keeps a whole local batch of them and normalises one micro-batch at a time.
+///
+/// # Shapes
+/// `batch`: [b, H, W, 3] uint8 → [b, H, W, 3] uint8.
+pub fn images_to_device(batch: &ImageBatch, device: Device) -> Tensor {
     let dims = [batch.batch as i64, batch.height as i64, batch.width as i64, 3];
-    let host = Tensor::from_slice(&batch.data).view(dims);
-    let x = host.to_device(device).permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
+    Tensor::from_slice(&batch.data).view(dims).to_device(device)
+}
+
+/// Normalises uint8 NHWC images with OpenAI's mean and std, on their device.
+///
+/// # Shapes
+/// `images`: [b, H, W, 3] uint8 → [b, 3, H, W] float32.
+pub fn normalize_images(images: &Tensor) -> Tensor {
+    let device = images.device();
+    let x = images.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
     let mean = Tensor::from_slice(&OPENAI_MEAN).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&OPENAI_STD).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
     (x - mean) / std

@@ -73,16 +73,19 @@ impl std::fmt::Debug for ContrastiveStep<'_> {
 impl ContrastiveStep<'_> {
     /// Accumulates into the parameters' gradients (zero them first) the gradient of the
     /// global batch's loss, and all-reduces them over the ranks. `images` and `tokens` are
-    /// this rank's rows, split into `accum` equal micro-batches; `seed_micro(j)` is called
-    /// before each forward pass of micro-batch j, so stochastic ops replay identically.
+    /// this rank's rows, split into `accum` equal micro-batches; `prepare` turns a slice of
+    /// `images` into the image tower's input, one micro-batch at a time (so only the
+    /// micro-batch is held in float); `seed_micro(j)` is called before each forward pass of
+    /// micro-batch j, so stochastic ops replay identically.
     ///
     /// # Shapes
-    /// `images`: [b, 3, H, W] float, `tokens`: [b, context_length] int64, b divisible by
-    /// `accum`.
+    /// `images`: [b, …] (what `prepare` takes, e.g. uint8 [b, H, W, 3]), `prepare(images)`:
+    /// [b', 3, H, W] float, `tokens`: [b, context_length] int64, b divisible by `accum`.
     pub fn backward(
         &self,
         model: &Clip,
         images: &Tensor,
+        prepare: &dyn Fn(&Tensor) -> Tensor,
         tokens: &Tensor,
         accum: i64,
         seed_micro: &dyn Fn(i64),
@@ -101,7 +104,7 @@ impl ContrastiveStep<'_> {
         let mut kept = None;
         let (image_local, text_local) = if accum == 1 {
             seed_micro(0);
-            let (fi, ft) = model.forward(images, tokens);
+            let (fi, ft) = model.forward(&prepare(images), tokens);
             let detached = (fi.detach(), ft.detach());
             kept = Some((fi, ft));
             detached
@@ -111,7 +114,7 @@ impl ContrastiveStep<'_> {
             tch::no_grad(|| {
                 for j in 0..accum {
                     seed_micro(j);
-                    let (fi, ft) = model.forward(&slice(images, j), &slice(tokens, j));
+                    let (fi, ft) = model.forward(&prepare(&slice(images, j)), &slice(tokens, j));
                     fis.push(fi);
                     fts.push(ft);
                 }
@@ -169,7 +172,7 @@ impl ContrastiveStep<'_> {
             None => {
                 for j in 0..accum {
                     seed_micro(j);
-                    let (fi, ft) = model.forward(&slice(images, j), &slice(tokens, j));
+                    let (fi, ft) = model.forward(&prepare(&slice(images, j)), &slice(tokens, j));
                     surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)).backward();
                 }
             }

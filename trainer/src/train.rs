@@ -18,8 +18,8 @@ use tch::Kind;
 use crate::checkpoint::{self, Checkpoint, CheckpointState, RngState, FORMAT_VERSION};
 use crate::config::TrainConfig;
 use crate::data::{
-    images_to_tensor, tokenizer_for, tokens_to_tensor, DataPosition, SyntheticStream, SyntheticStreamConfig,
-    TrainStream,
+    images_to_device, normalize_images, tokenizer_for, tokens_to_tensor, DataPosition, SyntheticStream,
+    SyntheticStreamConfig, TrainStream,
 };
 use crate::device::resolve_device;
 use crate::dist::{self, Backend, LaunchMode, ProcessGroup, ReduceOp, WorldInfo};
@@ -357,11 +357,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         let waited = wait_start.elapsed().as_secs_f64();
         window_wait += waited;
         metrics.observe_data_wait(waited);
-        let images = images_to_tensor(&batch.images, device);
+        // uint8 on the device; normalised one micro-batch at a time.
+        let images = images_to_device(&batch.images, device);
         let tokens = tokens_to_tensor(&batch.tokens, ctx, device);
         optimizer.zero_grad();
-        let out = contrastive
-            .backward(&model, &images, &tokens, cfg.accum_freq, &|micro| seed_micro_batch(cfg.seed, step, micro))?;
+        let out = contrastive.backward(&model, &images, &normalize_images, &tokens, cfg.accum_freq, &|micro| {
+            seed_micro_batch(cfg.seed, step, micro)
+        })?;
         drop((images, tokens));
         metrics.observe_all_gather(out.times.all_gather);
         metrics.observe_all_reduce(out.times.all_reduce);

@@ -58,7 +58,8 @@ pub fn check_gradients(
     let step = ContrastiveStep { group, loss, blocks, bucket_bytes: 1 << 20 };
     let rows = |t: &Tensor| t.narrow(0, rank * local_batch, local_batch);
     zero_grads(&model);
-    let out = step.backward(&model, &rows(&images), &rows(&tokens), accum, &|_| tch::manual_seed(3))?;
+    let out =
+        step.backward(&model, &rows(&images), &|x| x.shallow_clone(), &rows(&tokens), accum, &|_| tch::manual_seed(3))?;
     let mut dist_loss = out.loss.to_kind(Kind::Double).view([1]);
     group.all_reduce(&mut dist_loss, crate::dist::ReduceOp::Avg)?;
     let dist_grads: Vec<Tensor> = model.named_parameters().iter().map(|(_, p)| p.grad().copy()).collect();
