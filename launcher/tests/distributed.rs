@@ -217,3 +217,61 @@ fn launcher_restarts_the_group_after_a_worker_is_killed() {
     eprintln!("killed and restarted vs uninterrupted, {steps} steps: max |Δw| = {diff:e}");
     assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
 }
+
+/// One worker fails while the other waits in a collective: the failing worker aborts the job
+/// (a graceful MPI shutdown would wait forever for its peer), and the launcher reports the rank.
+#[test]
+fn one_failing_worker_ends_the_job_instead_of_hanging_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    let args = launch_args(2, &["--grace-period", "5"], &with_batch(tiny_args(&run_dir, 6, 0), 8));
+    let mut child = Command::new(bin())
+        .args(&args)
+        .args(["--log-format", "json"])
+        .env("CLIPFLEET_FAULT", "fail-on-rank-1:3")
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn launch");
+    let start = Instant::now();
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            for pid in worker_pids(&run_dir) {
+                // SAFETY: kills the workers this test's launcher started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            panic!("the job hung after one worker failed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("worker rank 1 of 2 failed") && log.contains("injected fault"), "{log}");
+    assert!(log.contains("error: worker rank 1 failed"), "the launcher names the rank: {log}");
+}
+
+/// A restarted worker (`CLIPFLEET_RESTART_COUNT` > 0) given `--resume PATH` continues its own
+/// run from `--output`'s newest checkpoint once there is one, and starts from PATH before that.
+#[test]
+fn a_restarted_worker_prefers_its_runs_newest_checkpoint_over_resume_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (base, fine) = (tmp.path().join("base"), tmp.path().join("fine"));
+    ok(run(&refs(&tiny_args(&base, 2, 0))));
+    let mut args = tiny_args(&fine, 4, 3);
+    args.extend(["--resume", base.to_str().expect("utf-8")].map(String::from));
+    let restarted = [("CLIPFLEET_RESTART_COUNT", "1")];
+    // No checkpoint of its own yet: it starts from the named one (step 2).
+    let log = stderr(&ok(crate::common::run_env(&refs(&args), &restarted)));
+    assert!(log.contains("\"message\":\"resumed\"") && log.contains("\"step\":2"), "{log}");
+    assert!(!log.contains("restarted: resuming"), "{log}");
+    // Now it has one (step 4): a restart continues from it, not from the named one.
+    let log = stderr(&ok(crate::common::run_env(&refs(&args), &restarted)));
+    assert!(log.contains("restarted: resuming from the run's newest checkpoint"), "{log}");
+    assert!(log.contains("\"step\":4"), "{log}");
+    // Without the restart count, --resume PATH means PATH.
+    let log = stderr(&ok(run(&refs(&args))));
+    assert!(!log.contains("restarted: resuming"), "{log}");
+}

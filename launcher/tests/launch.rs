@@ -256,9 +256,11 @@ fn launch_restarts_with_resume_latest() {
     let err = stderr(&out);
     assert!(out.status.success(), "{:?}\n{err}", out.status);
     assert!(err.contains("restart 1 of 1"), "{err}");
+    // A named checkpoint is kept: the restarted worker (CLIPFLEET_RESTART_COUNT = 1) prefers
+    // its --output's newest checkpoint and falls back to it.
     assert_eq!(fx.read("args.0.0"), "train\n--resume\nfoo\n--steps\n3\n");
     for rank in 0..2 {
-        assert_eq!(fx.read(&format!("args.{rank}.1")), "train\n--resume\nlatest\n--steps\n3\n");
+        assert_eq!(fx.read(&format!("args.{rank}.1")), "train\n--resume\nfoo\n--steps\n3\n");
     }
 
     let fx = Fixture::new(FAIL_ONCE);
@@ -339,6 +341,16 @@ fn launch_refuses_mpi_across_nodes_and_without_mpirun() {
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(err.contains("mpirun") && err.contains("PATH"), "{err}");
+
+    // Restarts are per node: with several nodes they are refused, naming the alternative.
+    let (out, _) = fx.run(
+        &[&SPAWN[..], &["--nnodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1", "--max-restarts", "1"]]
+            .concat(),
+        &["train"],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("--max-restarts 1 with 2 nodes") && err.contains("--requeue"), "{err}");
 }
 
 fn have_mpirun() -> bool {

@@ -119,7 +119,7 @@ pub struct TrainConfig {
     pub loss_block_cols: Option<i64>,
     /// The process group: `auto`, `nccl`, `mpi` or `single`. `auto` takes
     /// `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`), else `single` for one worker,
-    /// `mpi` under mpirun or `srun --mpi=pmix`, `nccl` on a GPU.
+    /// `nccl` on a GPU, `mpi` for CPU workers under mpirun or `srun --mpi=pmix`.
     pub dist_backend: String,
     /// Parameter gradients are all-reduced in flat buckets of this many MiB.
     pub grad_bucket_mb: usize,

@@ -5,7 +5,10 @@
 //!   before the manifest, print `clipfleet-fault: stalled in checkpoint N` to stderr and
 //!   sleep until killed.
 //!
-//! Unset (the normal case) costs one environment lookup per checkpoint.
+//! - `fail-on-rank-R:N`: worker rank R returns an error at the start of step N (the other
+//!   workers carry on into their collectives), as a one-rank failure would.
+//!
+//! Unset (the normal case) costs one environment lookup per checkpoint and one per run.
 
 /// Where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,4 +44,10 @@ pub fn maybe_inject(point: FaultPoint, step: i64) {
         }
         _ => {}
     }
+}
+
+/// The `fail-on-rank-R:N` fault, read once per run: `Some((R, N))` when configured.
+pub fn rank_failure() -> Option<(usize, i64)> {
+    let (kind, step) = configured()?;
+    Some((kind.strip_prefix("fail-on-rank-")?.parse().ok()?, step))
 }

@@ -57,6 +57,10 @@ pub struct TrainOptions {
     pub resume: Option<Resume>,
     /// A progress bar to advance (hidden when not on a terminal).
     pub progress: Option<ProgressBar>,
+    /// This worker was restarted by `clipfleet launch` (`CLIPFLEET_RESTART_COUNT` > 0): a
+    /// `--resume PATH` then yields to the newest checkpoint of `output`, when there is one,
+    /// so that a restart continues the run instead of starting over from PATH.
+    pub restarted: bool,
 }
 
 /// What a finished run reports.
@@ -98,12 +102,23 @@ fn choose_backend(cfg: &TrainConfig, world: &WorldInfo, device: tch::Device) -> 
         other => Some(other.to_owned()),
     };
     if let Some(name) = named {
-        return Ok(name.parse::<Backend>()?);
+        let backend = name.parse::<Backend>()?;
+        if backend == Backend::Nccl && device == tch::Device::Cpu {
+            return Err(ConfigError::invalid(
+                "device",
+                &cfg.device,
+                "cuda or auto with the nccl backend (NCCL moves CUDA tensors); for CPU workers use \
+                 `clipfleet launch --backend mpi` or dist_backend = \"mpi\"",
+            )
+            .into());
+        }
+        return Ok(backend);
     }
     Ok(match (world.world_size, world.mode, device) {
         (1, _, _) => Backend::Single,
-        (_, LaunchMode::Mpi, _) => Backend::Mpi,
+        // On GPUs NCCL, under MPI too (the unique id then goes by an MPI broadcast).
         (_, _, tch::Device::Cuda(_)) => Backend::Nccl,
+        (_, LaunchMode::Mpi, _) => Backend::Mpi,
         _ => {
             return Err(ConfigError::invalid(
                 "dist_backend",
@@ -119,9 +134,17 @@ fn choose_backend(cfg: &TrainConfig, world: &WorldInfo, device: tch::Device) -> 
     })
 }
 
-fn find_resume(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<Option<Checkpoint>> {
+fn find_resume(cfg: &TrainConfig, resume: Option<&Resume>, restarted: bool) -> Result<Option<Checkpoint>> {
     let dir = match resume {
         None => return Ok(None),
+        Some(Resume::Path(p)) if restarted && cfg.output.exists() && checkpoint::resolve(&cfg.output)?.is_some() => {
+            tracing::info!(
+                resume = %p.display(),
+                output = %cfg.output.display(),
+                "restarted: resuming from the run's newest checkpoint instead of --resume"
+            );
+            checkpoint::resolve(&cfg.output)?
+        }
         Some(Resume::Latest) => {
             if !cfg.output.exists() {
                 None
@@ -164,6 +187,45 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let backend = choose_backend(cfg, &world, device)?;
     tracing::info!(backend = %backend, ?device, "process group");
     let group = dist::init(backend, &world)?;
+    if group.world_size() == 1 {
+        return train_in_group(cfg, opts, &world, device, group.as_ref());
+    }
+    // With several workers, a failure on one must end the job: returning (or unwinding) would
+    // finalise the process group, which waits for the other ranks, blocked in a collective.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_in_group(cfg, opts, &world, device, group.as_ref())
+    }));
+    let message = match outcome {
+        Ok(Ok(summary)) => return Ok(summary),
+        Ok(Err(err)) => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into()),
+    };
+    let (rank, world_size) = (group.rank(), group.world_size());
+    tracing::error!(error = %message, "worker failed; aborting the job so that the other workers do not wait for it");
+    eprintln!("error: worker rank {rank} of {world_size} failed: {message}");
+    group.abort(1)
+}
+
+/// The training loop of this worker in `group`.
+fn train_in_group(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    world: &WorldInfo,
+    device: tch::Device,
+    group: &dyn ProcessGroup,
+) -> Result<TrainSummary> {
     let (rank, world_size) = (group.rank(), group.world_size());
     let main = rank == 0;
     if cfg.threads > 0 {
@@ -176,7 +238,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let scheduler = cfg.scheduler()?;
     let loss_kind = cfg.loss_kind()?;
     let global_batch = cfg.local_batch() * world_size as i64;
-    let resume = find_resume(cfg, opts.resume.as_ref())?;
+    let resume = find_resume(cfg, opts.resume.as_ref(), opts.restarted)?;
+    agree_on_resume(group, resume.as_ref().map(|ck| ck.state.step), device)?;
     if let Some(ck) = &resume {
         if ck.state.model_config != model_cfg {
             return Err(TrainError::Checkpoint {
@@ -201,9 +264,6 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
     tch::manual_seed(cfg.seed as i64);
     let mut model = Clip::new(&model_cfg, device)?;
-    // Rank 0's initial parameters everywhere (identical already from the shared seed; this
-    // makes it so whatever the hardware's initialisation kernels do).
-    broadcast_parameters(group.as_ref(), &model)?;
     let mut optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
     let (mut step, mut position, mut shards_position) = (0i64, DataPosition::default(), None);
     if let Some(ck) = &resume {
@@ -214,6 +274,10 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         shards_position = ck.state.shards.clone();
         tracing::info!(checkpoint = %ck.dir.display(), step, epoch = position.epoch, samples_in_epoch = position.samples_in_epoch, "resumed");
     }
+    // Rank 0's parameters everywhere (the same already, from the shared seed or checkpoint;
+    // this makes it so whatever the hardware's initialisation kernels do).
+    broadcast_parameters(group, &model)?;
+    let rank_failure = crate::fault::rank_failure();
 
     if main {
         std::fs::create_dir_all(&cfg.output).map_err(|source| TrainError::Io { path: cfg.output.clone(), source })?;
@@ -334,12 +398,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
         global_batch: Some(global_batch),
         clipfleet_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let contrastive = ContrastiveStep {
-        group: group.as_ref(),
-        loss: loss_kind,
-        blocks: cfg.loss_blocks(),
-        bucket_bytes: cfg.grad_bucket_mb << 20,
-    };
+    let contrastive =
+        ContrastiveStep { group, loss: loss_kind, blocks: cfg.loss_blocks(), bucket_bytes: cfg.grad_bucket_mb << 20 };
 
     let progress = opts.progress.as_ref().filter(|_| main);
     if let Some(pb) = progress {
@@ -351,6 +411,9 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let (mut window_start, mut window_wait, mut window_steps) = (Instant::now(), 0.0f64, 0i64);
     let mut last_loss = f64::NAN;
     while step < cfg.steps {
+        if rank_failure == Some((rank, step)) {
+            return Err(TrainError::Pipeline(format!("injected fault: rank {rank} fails at step {step}")));
+        }
         let lr = scheduler.lr(cfg.lr, cfg.warmup, cfg.steps, step);
         let wait_start = Instant::now();
         let batch = stream.next_batch()?;
@@ -380,7 +443,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             pb.set_position(step as u64);
         }
         if cfg.check_params_every > 0 && step % cfg.check_params_every == 0 {
-            check_parameters_agree(group.as_ref(), &model, step)?;
+            check_parameters_agree(group, &model, step)?;
         }
 
         let checkpoint_now = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0 && step != cfg.steps;
@@ -436,8 +499,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
             (window_start, window_wait, window_steps) = (Instant::now(), 0.0, 0);
         }
         if checkpoint_now {
-            let shards = merge_shard_states(group.as_ref(), shards_position.as_ref(), device)?;
-            commit_checkpoint(cfg, group.as_ref(), &model, &optimizer, &state_at(step, position, shards), &metrics)?;
+            let shards = merge_shard_states(group, shards_position.as_ref(), device)?;
+            commit_checkpoint(cfg, group, &model, &optimizer, &state_at(step, position, shards), &metrics)?;
         }
         if cfg.eval_every > 0 && step % cfg.eval_every == 0 && step != cfg.steps {
             eval_on_main(&model, step)?;
@@ -450,8 +513,8 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let checkpoint = match (trained, &resume) {
         (0, Some(ck)) => ck.dir.clone(),
         _ => {
-            let shards = merge_shard_states(group.as_ref(), shards_position.as_ref(), device)?;
-            commit_checkpoint(cfg, group.as_ref(), &model, &optimizer, &state_at(step, position, shards), &metrics)?
+            let shards = merge_shard_states(group, shards_position.as_ref(), device)?;
+            commit_checkpoint(cfg, group, &model, &optimizer, &state_at(step, position, shards), &metrics)?
         }
     };
     let eval = eval_on_main(&model, step)?;
@@ -461,7 +524,28 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
-    Ok(TrainSummary { step, last_loss, eval, checkpoint, samples_per_second, world })
+    Ok(TrainSummary { step, last_loss, eval, checkpoint, samples_per_second, world: world.clone() })
+}
+
+/// Checks that every rank resumes from the same step (`None`: from scratch): each reads the
+/// checkpoint from `output`, which must therefore be the same folder on every node.
+fn agree_on_resume(group: &dyn ProcessGroup, step: Option<i64>, device: tch::Device) -> Result<()> {
+    if group.world_size() == 1 {
+        return Ok(());
+    }
+    let mine = tch::Tensor::from_slice(&[step.map_or(-1.0, |s| s as f64)]).to_device(device);
+    let all = Vec::<f64>::try_from(group.all_gather(&mine)?.to_device(tch::Device::Cpu))
+        .map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    let show = |s: f64| if s < 0.0 { "no checkpoint (a fresh start)".to_owned() } else { format!("step {s}") };
+    if let Some((rank, &s)) = all.iter().enumerate().find(|&(_, &s)| s != all[0]) {
+        return Err(TrainError::Pipeline(format!(
+            "the workers disagree on where to resume: rank {rank} found {}, rank 0 {}; every worker reads \
+             --output, so it must be a folder that all nodes see (a shared filesystem)",
+            show(s),
+            show(all[0])
+        )));
+    }
+    Ok(())
 }
 
 /// The whole job's shard position: every rank holds the cursors of its own partitions; rank

@@ -46,7 +46,8 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
     };
     let cfg = apply_flags(base, &args);
     cfg.validate()?;
-    let opts = TrainOptions { resume: args.resume.as_deref().map(Resume::parse), progress: Some(bar) };
+    let restarted = std::env::var("CLIPFLEET_RESTART_COUNT").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) > 0;
+    let opts = TrainOptions { resume: args.resume.as_deref().map(Resume::parse), progress: Some(bar), restarted };
     let summary = train(&cfg, &opts).context("training failed")?;
     // Rank 0 evaluates and reports; the other workers have nothing to add.
     let Some(e) = &summary.eval else { return Ok(()) };

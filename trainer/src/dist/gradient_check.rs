@@ -62,7 +62,14 @@ pub fn check_gradients(
         step.backward(&model, &rows(&images), &|x| x.shallow_clone(), &rows(&tokens), accum, &|_| tch::manual_seed(3))?;
     let mut dist_loss = out.loss.to_kind(Kind::Double).view([1]);
     group.all_reduce(&mut dist_loss, crate::dist::ReduceOp::Avg)?;
-    let dist_grads: Vec<Tensor> = model.named_parameters().iter().map(|(_, p)| p.grad().copy()).collect();
+    let mut dist_grads = Vec::new();
+    for (name, p) in model.named_parameters() {
+        let g = p.grad();
+        if !g.defined() {
+            return Err(TrainError::Pipeline(format!("parameter {name} got no gradient from the distributed step")));
+        }
+        dist_grads.push(g.copy());
+    }
 
     // The reference: autograd through the one-process loss over all N pairs.
     zero_grads(&model);

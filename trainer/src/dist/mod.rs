@@ -188,6 +188,11 @@ pub trait ProcessGroup: fmt::Debug {
     fn reduce_scatter(&self, tensor: &Tensor, op: ReduceOp) -> Result<Tensor, DistError>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<(), DistError>;
+    /// Ends this process with `code` without waiting for the other ranks, and makes the job
+    /// end: MPI aborts every rank (`MPI_Abort`); NCCL aborts the communicator, so that the
+    /// launcher sees this worker fail and stops the others. A graceful shutdown after a
+    /// one-rank error would wait forever for ranks blocked in a collective.
+    fn abort(&self, code: i32) -> !;
 }
 
 /// Creates the process group of `backend` for this worker. The NCCL backend exchanges its unique
@@ -264,6 +269,9 @@ impl ProcessGroup for SingleGroup {
     }
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
     }
 }
 

@@ -240,6 +240,9 @@ impl ProcessGroup for MpiGroup {
         self.mpi.world.barrier();
         Ok(())
     }
+    fn abort(&self, code: i32) -> ! {
+        self.mpi.world.abort(code)
+    }
 }
 
 #[cfg(test)]

@@ -234,6 +234,14 @@ impl ProcessGroup for NcclGroup {
         one.f_double_value(&[0]).map_err(self.torch("barrier"))?;
         Ok(())
     }
+    fn abort(&self, code: i32) -> ! {
+        // SAFETY: `comm` is a live communicator; the process exits right after, so the
+        // communicator is never used (or destroyed by Drop) again.
+        if let Err(e) = unsafe { nccl::comm_abort(self.comm) } {
+            tracing::warn!(rank = self.rank, "ncclCommAbort failed: {:?}", e.0);
+        }
+        std::process::exit(code)
+    }
 }
 
 impl Drop for NcclGroup {

@@ -41,6 +41,18 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
     let cuda_devices = || usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
     let topology = topology::resolve(&flags, &env, cuda_devices)?;
     let transport = workers::choose_transport(args.backend, || cuda_devices() > 0, &topology)?;
+    if topology.nnodes > 1 && args.max_restarts > 0 {
+        // A launcher restarts only its own node's workers: the other nodes' workers would stay
+        // blocked in their collectives with the old group, and the new workers would wait at
+        // the rendezvous for peers that never come.
+        anyhow::bail!(
+            "--max-restarts {} with {} nodes: restarts are per node and cannot rejoin the other nodes' workers; \
+             leave --max-restarts at 0 and let the scheduler restart the whole job \
+             (Slurm: sbatch --requeue; Kubernetes: the Job's backoffLimit), with `train --resume latest`",
+            args.max_restarts,
+            topology.nnodes
+        );
+    }
     let worker = worker_program(&env)?;
     let mpirun = match transport {
         Transport::Mpi => Some(workers::find_on_path("mpirun", std::env::var_os("PATH").as_deref()).context(

@@ -21,34 +21,17 @@ fn subcommand_index(args: &[String]) -> Option<usize> {
     None
 }
 
-/// The arguments of a restart: for `train`, the value of `--resume X` / `--resume=X` becomes
-/// `latest`, or `--resume latest` is appended; any other subcommand is started as it was.
+/// The arguments of a restart: `train` without `--resume` gets `--resume latest`; a `train`
+/// that names a checkpoint (`--resume PATH`) keeps it, because a restarted worker
+/// (`CLIPFLEET_RESTART_COUNT` > 0) resumes from the newest checkpoint of its `--output` when
+/// there is one, and from PATH only when the run has not written one yet. Any other
+/// subcommand is started as it was.
 pub(crate) fn resume_args(args: &[String]) -> Vec<String> {
     let mut out = args.to_vec();
     let Some(sub) = subcommand_index(args).filter(|&i| args[i] == "train") else { return out };
-    let mut found = false;
-    let mut i = sub + 1;
-    while i < out.len() {
-        if out[i] == "--" {
-            break;
-        }
-        if out[i] == "--resume" {
-            found = true;
-            if i + 1 < out.len() {
-                out[i + 1] = "latest".to_owned();
-            } else {
-                out.push("latest".to_owned());
-            }
-            i += 2;
-            continue;
-        }
-        if out[i].starts_with("--resume=") {
-            found = true;
-            out[i] = "--resume=latest".to_owned();
-        }
-        i += 1;
-    }
-    if !found {
+    let rest = &args[sub + 1..];
+    let end = rest.iter().position(|a| a == "--").unwrap_or(rest.len());
+    if !rest[..end].iter().any(|a| a == "--resume" || a.starts_with("--resume=")) {
         out.push("--resume".to_owned());
         out.push("latest".to_owned());
     }
@@ -66,9 +49,9 @@ mod tests {
     #[test]
     fn train_gets_resume_latest() {
         assert_eq!(resume_args(&args("train --config a.toml")), args("train --config a.toml --resume latest"));
-        assert_eq!(resume_args(&args("train --resume foo --steps 9")), args("train --resume latest --steps 9"));
-        assert_eq!(resume_args(&args("train --resume=runs/x/step-1")), args("train --resume=latest"));
-        assert_eq!(resume_args(&args("train --resume")), args("train --resume latest"));
+        // A named checkpoint stays: the restarted worker prefers --output's newest one itself.
+        assert_eq!(resume_args(&args("train --resume foo --steps 9")), args("train --resume foo --steps 9"));
+        assert_eq!(resume_args(&args("train --resume=runs/x/step-1")), args("train --resume=runs/x/step-1"));
         assert_eq!(
             resume_args(&args("--log-format json train --steps 3")),
             args("--log-format json train --steps 3 --resume latest")

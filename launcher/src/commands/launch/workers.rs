@@ -97,7 +97,9 @@ pub(crate) struct MpirunReport {
 }
 
 /// Reads one line of mpirun's stderr: OpenMPI prints `Process name: [[12356,1],1]` (rank 1)
-/// after a non-zero exit, and `process rank 1 with PID … exited on signal 9 (Killed)`.
+/// after a non-zero exit, `process rank 1 with PID … exited on signal 9 (Killed)`, and
+/// `MPI_ABORT was invoked on rank 1 in communicator …` when a worker aborts the job (a
+/// clipfleet worker does so when it fails while the others wait in a collective).
 pub(crate) fn scan_mpirun_line(line: &str, report: &mut MpirunReport) {
     if report.rank.is_some() {
         return;
@@ -110,6 +112,9 @@ pub(crate) fn scan_mpirun_line(line: &str, report: &mut MpirunReport) {
                 report.rank = inner[comma + 1..].trim().parse().ok();
             }
         }
+    } else if let Some(at) = line.find("MPI_ABORT was invoked on rank ") {
+        let rest = &line[at + "MPI_ABORT was invoked on rank ".len()..];
+        report.rank = rest.split_whitespace().next().and_then(|r| r.parse().ok());
     } else if let Some(at) = line.find("process rank ") {
         let rest = &line[at + "process rank ".len()..];
         report.rank = rest.split_whitespace().next().and_then(|r| r.parse().ok());
@@ -407,6 +412,9 @@ mod tests {
         let mut r = MpirunReport::default();
         scan_mpirun_line("   Process name: [prterun-vm-1234@1,3]", &mut r);
         assert_eq!(r.rank, Some(3));
+        let mut r = MpirunReport::default();
+        scan_mpirun_line("MPI_ABORT was invoked on rank 1 in communicator MPI_COMM_WORLD", &mut r);
+        assert_eq!(r, MpirunReport { rank: Some(1), signal: None });
     }
 
     #[test]
