@@ -51,6 +51,9 @@ pub struct TrainConfig {
     pub eps: f64,
     /// Decoupled weight decay (not applied to gains, biases and the logit scale).
     pub weight_decay: f64,
+    /// Run AdamW as libtorch's fused kernel (`torch.optim.AdamW(fused=True)`) rather than
+    /// per-parameter ops.
+    pub fused_adamw: bool,
     /// Clip the global gradient norm to this value; unset means no clipping.
     pub grad_clip_norm: Option<f64>,
     /// Seed for initialisation, data order and augmentation.
@@ -144,6 +147,7 @@ impl Default for TrainConfig {
             beta2: adamw.beta2,
             eps: adamw.eps,
             weight_decay: adamw.weight_decay,
+            fused_adamw: true,
             grad_clip_norm: None,
             seed: 0,
             output: PathBuf::from("runs/default"),
@@ -191,7 +195,13 @@ impl TrainConfig {
 
     /// The AdamW hyper-parameters.
     pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            fused: self.fused_adamw,
+        }
     }
 
     /// The parsed schedule.
