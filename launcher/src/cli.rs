@@ -242,6 +242,9 @@ pub(crate) struct TrainArgs {
     /// The `job` label of every metric (default clipfleet).
     #[arg(long, value_name = "NAME")]
     pub(crate) job_name: Option<String>,
+    /// Precision: auto (amp_bf16 on CUDA, fp32 on the CPU), amp_bf16, pure_bf16 or fp32.
+    #[arg(long, value_name = "PRECISION")]
+    pub(crate) precision: Option<String>,
     /// The contrastive loss: clip (softmax) or siglip (sigmoid, learnable bias; default clip).
     #[arg(long, value_name = "clip|siglip")]
     pub(crate) loss: Option<String>,
@@ -425,6 +428,9 @@ pub(crate) struct BenchTrainArgs {
     /// libtorch intra-op threads (0: default).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: i32,
+    /// Precision: auto (amp_bf16 on CUDA, fp32 on the CPU), amp_bf16, pure_bf16 or fp32 (TF32 on).
+    #[arg(long, default_value = "auto")]
+    pub(crate) precision: String,
     /// Peak FLOP/s of the device in TFLOP/s, for the MFU figure. Default on CUDA: 800, the bf16
     /// matmul peak measured on the reference H100; on the CPU no MFU is printed unless this is set.
     #[arg(long, value_name = "TFLOPS")]

@@ -51,6 +51,10 @@ pub struct TrainConfig {
     pub eps: f64,
     /// Decoupled weight decay (not applied to gains, biases and the logit scale).
     pub weight_decay: f64,
+    /// `auto` (amp_bf16 on CUDA, fp32 on the CPU), `amp_bf16`, `pure_bf16` or `fp32`.
+    pub precision: String,
+    /// Allow TF32 in cuBLAS matmuls and cuDNN convolutions (CUDA only).
+    pub tf32: bool,
     /// Run AdamW as libtorch's fused kernel (`torch.optim.AdamW(fused=True)`) rather than
     /// per-parameter ops.
     pub fused_adamw: bool,
@@ -148,6 +152,8 @@ impl Default for TrainConfig {
             eps: adamw.eps,
             weight_decay: adamw.weight_decay,
             fused_adamw: true,
+            precision: "auto".into(),
+            tf32: true,
             grad_clip_norm: None,
             seed: 0,
             output: PathBuf::from("runs/default"),
@@ -363,6 +369,7 @@ impl TrainConfig {
             return Err(ConfigError::invalid("prefetch", self.prefetch, "an integer >= 1"));
         }
         self.loss_kind()?;
+        crate::precision::Precision::resolve(&self.precision, tch::Device::Cuda(0))?;
         if let Some(c) = self.loss_block_cols {
             if c < 1 {
                 return Err(ConfigError::invalid("loss_block_cols", c, "an integer >= 1, or unset"));

@@ -149,7 +149,17 @@ pub fn images_to_tensor(batch: &ImageBatch, device: Device) -> Tensor {
 /// `batch`: [b, H, W, 3] uint8 → [b, H, W, 3] uint8.
 pub fn images_to_device(batch: &ImageBatch, device: Device) -> Tensor {
     let dims = [batch.batch as i64, batch.height as i64, batch.width as i64, 3];
-    Tensor::from_slice(&batch.data).view(dims).to_device(device)
+    host_to_device(Tensor::from_slice(&batch.data).view(dims), device)
+}
+
+/// Copies a host tensor to `device`. To a GPU it goes through page-locked memory (libtorch's
+/// caching host allocator) and the copy is queued without blocking the host, ordered on the
+/// current stream before the kernels that read it.
+pub fn host_to_device(host: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cuda(_) => host.pin_memory(device).to_device_(device, host.kind(), true, false),
+        _ => host,
+    }
 }
 
 /// Normalises uint8 NHWC images with OpenAI's mean and std, on their device.
@@ -166,7 +176,7 @@ pub fn normalize_images(images: &Tensor) -> Tensor {
 
 /// Token ids to a [b, context_length] int64 tensor on `device`.
 pub fn tokens_to_tensor(tokens: &[i64], context_length: i64, device: Device) -> Tensor {
-    Tensor::from_slice(tokens).view([-1, context_length]).to_device(device)
+    host_to_device(Tensor::from_slice(tokens).view([-1, context_length]), device)
 }
 
 /// The settings of the synthetic training stream.

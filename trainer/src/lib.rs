@@ -16,6 +16,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod precision;
 pub mod shim;
 pub mod step;
 pub mod train;

@@ -28,6 +28,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
 use crate::loss::ContrastiveBatch;
 use crate::model::Clip;
+use crate::precision::Precision;
 
 /// Time spent in the step's collectives, in seconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,6 +51,8 @@ pub struct StepOutput {
 
 /// The distributed contrastive step: the loss, its tiles and the process group.
 pub struct ContrastiveStep<'a> {
+    /// The precision of the forward passes (the loss is float32).
+    pub precision: Precision,
     /// The workers of the job.
     pub group: &'a dyn ProcessGroup,
     /// CLIP or SigLIP.
@@ -104,7 +107,7 @@ impl ContrastiveStep<'_> {
         let mut kept = None;
         let (image_local, text_local) = if accum == 1 {
             seed_micro(0);
-            let (fi, ft) = model.forward(&prepare(images), tokens);
+            let (fi, ft) = self.precision.forward(|| model.forward(&prepare(images), tokens));
             let detached = (fi.detach(), ft.detach());
             kept = Some((fi, ft));
             detached
@@ -114,7 +117,8 @@ impl ContrastiveStep<'_> {
             tch::no_grad(|| {
                 for j in 0..accum {
                     seed_micro(j);
-                    let (fi, ft) = model.forward(&prepare(&slice(images, j)), &slice(tokens, j));
+                    let (fi, ft) =
+                        self.precision.forward(|| model.forward(&prepare(&slice(images, j)), &slice(tokens, j)));
                     fis.push(fi);
                     fts.push(ft);
                 }
@@ -143,14 +147,14 @@ impl ContrastiveStep<'_> {
             text_all: &text_all,
             row_offset: self.group.rank() as i64 * b,
         };
-        let scale = model.logit_scale().detach().exp();
+        let scale = model.logit_scale().detach().to_kind(Kind::Float).exp();
         let grads: LossGradients = match self.loss {
             crate::config::LossKind::Clip => clip_loss_blockwise(&batch, &scale, self.blocks)?,
             crate::config::LossKind::Siglip => {
                 let bias = model.logit_bias().ok_or_else(|| {
                     TrainError::Pipeline("the SigLIP loss needs a model with a logit bias (init_logit_bias)".into())
                 })?;
-                siglip_loss_blockwise(&batch, &scale, &bias.detach(), self.blocks)?
+                siglip_loss_blockwise(&batch, &scale, &bias.detach().to_kind(Kind::Float), self.blocks)?
             }
         };
         drop((image_all, text_all));
@@ -172,15 +176,17 @@ impl ContrastiveStep<'_> {
             None => {
                 for j in 0..accum {
                     seed_micro(j);
-                    let (fi, ft) = model.forward(&prepare(&slice(images, j)), &slice(tokens, j));
+                    let (fi, ft) =
+                        self.precision.forward(|| model.forward(&prepare(&slice(images, j)), &slice(tokens, j)));
                     surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)).backward();
                 }
             }
         }
         // θ (s = exp θ, so ∂/∂θ = s·∂/∂s) and β, through the same autograd accumulation.
-        let mut scalars = model.logit_scale().exp() * grads.grad_logit_scale.detach().to_kind(Kind::Float);
+        let theta = model.logit_scale();
+        let mut scalars = theta.exp() * grads.grad_logit_scale.detach().to_kind(theta.kind());
         if let (Some(bias), Some(gb)) = (model.logit_bias(), &grads.grad_logit_bias) {
-            scalars += bias * gb.detach().to_kind(Kind::Float);
+            scalars += bias * gb.detach().to_kind(bias.kind());
         }
         scalars.backward();
 

@@ -28,6 +28,7 @@ use crate::eval::{evaluate, evaluate_shards, EvalReport};
 use crate::metrics::{Metrics, StepObservation};
 use crate::model::Clip;
 use crate::optim::AdamW;
+use crate::precision::Precision;
 use crate::step::{all_gather_bytes, broadcast_parameters, check_parameters_agree, ContrastiveStep};
 
 /// Where to resume from.
@@ -237,6 +238,8 @@ fn train_in_group(
     let model_cfg = cfg.model_config()?;
     let scheduler = cfg.scheduler()?;
     let loss_kind = cfg.loss_kind()?;
+    let precision = Precision::resolve(&cfg.precision, device)?;
+    precision.configure(cfg.tf32)?;
     let global_batch = cfg.local_batch() * world_size as i64;
     let resume = find_resume(cfg, opts.resume.as_ref(), opts.restarted)?;
     agree_on_resume(group, resume.as_ref().map(|ck| ck.state.step), device)?;
@@ -264,6 +267,7 @@ fn train_in_group(
     let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
     tch::manual_seed(cfg.seed as i64);
     let mut model = Clip::new(&model_cfg, device)?;
+    model.set_parameter_kind(precision.parameter_kind());
     let mut optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
     let (mut step, mut position, mut shards_position) = (0i64, DataPosition::default(), None);
     if let Some(ck) = &resume {
@@ -289,6 +293,7 @@ fn train_in_group(
         model = %cfg.model_config.as_ref().map(|p| p.display().to_string()).unwrap_or(cfg.model.clone()),
         parameters = params,
         loss = %cfg.loss,
+        precision = precision.name(),
         micro_batch = cfg.batch_size,
         accum_freq = cfg.accum_freq,
         global_batch,
@@ -398,8 +403,13 @@ fn train_in_group(
         global_batch: Some(global_batch),
         clipfleet_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let contrastive =
-        ContrastiveStep { group, loss: loss_kind, blocks: cfg.loss_blocks(), bucket_bytes: cfg.grad_bucket_mb << 20 };
+    let contrastive = ContrastiveStep {
+        precision,
+        group,
+        loss: loss_kind,
+        blocks: cfg.loss_blocks(),
+        bucket_bytes: cfg.grad_bucket_mb << 20,
+    };
 
     let progress = opts.progress.as_ref().filter(|_| main);
     if let Some(pb) = progress {

@@ -201,3 +201,29 @@ fn nccl_backend_without_a_gpu_fails_clearly() {
     assert!(!out.status.success());
     assert!(stderr.contains("nccl backend on rank 0: nccl backend needs a CUDA device; none is visible"), "{stderr}");
 }
+
+/// The GPU correctness check's code path, run CPU against CPU: fp32 is exact, and pure bf16
+/// keeps the loss within 1e-2 (its gradients are compared on the GPU by scripts/gpu-check.sh).
+#[test]
+fn device_comparison_runs_on_the_cpu() {
+    let check = |args: &[&str]| {
+        let mut cmd = Command::new(CHECK);
+        cmd.arg("devices").args(args);
+        let out = run(cmd, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let number = |key: &str| -> f64 {
+            stdout
+                .split(key)
+                .nth(1)
+                .and_then(|r| r.split(|c: char| c == ',' || c.is_whitespace()).nth(1))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (number("max relative gradient error"), number("loss relative error"))
+    };
+    assert_eq!(check(&["clip", "8", "cpu", "fp32"]), (0.0, 0.0));
+    let (_, loss) = check(&["siglip", "8", "cpu", "pure_bf16"]);
+    assert!(loss <= 1e-2, "pure bf16 loss relative error {loss}");
+}

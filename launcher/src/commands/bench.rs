@@ -16,6 +16,7 @@ use clipfleet_trainer::loss::clip_loss_global;
 use clipfleet_trainer::model::flops::train_flops_per_sample;
 use clipfleet_trainer::model::{Clip, ClipConfig};
 use clipfleet_trainer::optim::{AdamW, AdamWConfig};
+use clipfleet_trainer::precision::Precision;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -23,6 +24,8 @@ use crate::cli::BenchTrainArgs;
 
 #[derive(Debug, Serialize)]
 struct BenchTrainReport {
+    /// The precision the step ran in (OpenCLIP's reference runs amp_bf16 on CUDA).
+    precision: String,
     model: String,
     batch_size: i64,
     device: String,
@@ -65,7 +68,12 @@ fn reference_script() -> PathBuf {
 }
 
 /// Times OpenCLIP's step on the same model config, batch and device.
-fn run_reference(python: &Path, cfg: &ClipConfig, args: &BenchTrainArgs) -> anyhow::Result<serde_json::Value> {
+fn run_reference(
+    python: &Path,
+    cfg: &ClipConfig,
+    args: &BenchTrainArgs,
+    precision: Precision,
+) -> anyhow::Result<serde_json::Value> {
     let script = reference_script();
     anyhow::ensure!(script.is_file(), "reference script {} is missing", script.display());
     let cfg_path = std::env::temp_dir().join(format!("clipfleet-bench-{}.json", std::process::id()));
@@ -75,6 +83,7 @@ fn run_reference(python: &Path, cfg: &ClipConfig, args: &BenchTrainArgs) -> anyh
         .args(["--config", &cfg_path.to_string_lossy(), "--device", &args.device.replace("auto", "cpu")])
         .args(["--batch-size", &args.batch_size.to_string(), "--steps", &args.steps.to_string()])
         .args(["--warmup", &args.warmup.to_string(), "--threads", &args.threads.to_string()])
+        .args(["--precision", precision.name()])
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     let _ = std::fs::remove_file(&cfg_path);
@@ -96,9 +105,12 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--batch-size and --steps must be >= 1 and --warmup >= 0");
     }
     let cfg = ClipConfig::preset(&args.model)?;
+    let precision = Precision::resolve(&args.precision, device)?;
+    precision.configure(true)?;
     tch::manual_seed(0);
-    let model = Clip::new(&cfg, device)?;
-    let mut opt = AdamW::new(model.named_parameters(), AdamWConfig::default());
+    let mut model = Clip::new(&cfg, device)?;
+    model.set_parameter_kind(precision.parameter_kind());
+    let mut opt = AdamW::new(model.named_parameters(), AdamWConfig { fused: true, ..AdamWConfig::default() });
     let s = cfg.vision_cfg.image_size;
     let images = Tensor::randn([args.batch_size, 3, s, s], (Kind::Float, device));
     let ctx = cfg.text_cfg.context_length;
@@ -110,7 +122,7 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         }
     };
     let mut step = || {
-        let (i, t) = model.forward(&images, &tokens);
+        let (i, t) = precision.forward(|| model.forward(&images, &tokens));
         let loss = clip_loss_global(&i, &t, &model.logit_scale().exp());
         opt.zero_grad();
         loss.backward();
@@ -130,7 +142,7 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     drop(opt);
     drop(model);
     let reference = match &args.reference_python {
-        Some(python) => Some(run_reference(python, &cfg, &args)?),
+        Some(python) => Some(run_reference(python, &cfg, &args, precision)?),
         None => None,
     };
     let samples_per_second = (args.batch_size * args.steps) as f64 / secs;
@@ -143,6 +155,7 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     };
     let ratio = reference.as_ref().and_then(|r| r["samples_per_second"].as_f64()).map(|r| samples_per_second / r);
     let report = BenchTrainReport {
+        precision: precision.name().to_owned(),
         model: args.model.clone(),
         batch_size: args.batch_size,
         device: format!("{device:?}"),
@@ -166,13 +179,14 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "peak memory n/a on this device".into());
         let mfu = report.mfu.map(|m| format!(", MFU {:.1}%", 100.0 * m)).unwrap_or_default();
         println!(
-            "clipfleet bench train {} bs={} {}: {:.1} samples/s, {:.1} ms/step, {:.2} TFLOP/s{mfu}, {memory} (fp32)",
+            "clipfleet bench train {} bs={} {}: {:.1} samples/s, {:.1} ms/step, {:.2} TFLOP/s{mfu}, {memory} ({})",
             report.model,
             report.batch_size,
             report.device,
             report.samples_per_second,
             report.ms_per_step,
-            report.tflops
+            report.tflops,
+            report.precision
         );
         if let (Some(r), Some(ratio)) = (&report.reference, report.ratio) {
             println!(

@@ -15,7 +15,7 @@ fn apply_flags(mut cfg: TrainConfig, a: &TrainArgs) -> TrainConfig {
     set!(model, batch_size, steps, lr, warmup, lr_scheduler, weight_decay, seed, output, checkpoint_every);
     set!(keep_checkpoints, eval_every, eval_samples, log_every, device, threads, shuffle_window, workers);
     set!(max_skip_fraction, caption_key, parquet_image_column, metrics_host, job_name);
-    set!(loss, accum_freq, loss_block_rows, dist_backend, grad_bucket_mb, check_params_every);
+    set!(precision, loss, accum_freq, loss_block_rows, dist_backend, grad_bucket_mb, check_params_every);
     macro_rules! set_option {
         ($($field:ident),*) => { $( if a.$field.is_some() { cfg.$field = a.$field.clone(); } )* };
     }

@@ -5,6 +5,10 @@
 //! parameter gradients (B pairs per rank in K micro-batches, loss tiles of ROWS × COLS)
 //! against autograd on the one-process loss over the whole batch (DESIGN §3).
 //!
+//! `clipfleet-dist-check devices clip|siglip B DEVICE PRECISION` runs one step of the tiny
+//! model on DEVICE (e.g. `cuda`) in PRECISION (`fp32`, `amp_bf16`, `pure_bf16`) and compares its
+//! loss and gradients with the CPU's in fp32 (the GPU correctness check).
+//!
 //! ```sh
 //! mpirun --oversubscribe -np 4 target/release/clipfleet-dist-check mpi
 //! target/release/clipfleet-dist-check nccl          # one GPU, one rank
@@ -24,11 +28,17 @@ fn main() -> ExitCode {
     if arg.is_empty() || arg == "--help" || arg == "-h" {
         eprintln!("usage: clipfleet-dist-check BACKEND   (BACKEND: {})", Backend::ALLOWED);
         eprintln!("       clipfleet-dist-check grads clip|siglip LOCAL_BATCH ACCUM [ROWS COLS]");
+        eprintln!("       clipfleet-dist-check devices clip|siglip BATCH DEVICE PRECISION");
         eprintln!("Run it under the launcher of the job (mpirun, srun, clipfleet launch); every rank");
         eprintln!("checks all_gather, all_reduce, broadcast, reduce_scatter and barrier.");
         return if arg.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
-    let result = if arg == "grads" { grads(&std::env::args().skip(2).collect::<Vec<_>>()) } else { run(&arg) };
+    let rest: Vec<String> = std::env::args().skip(2).collect();
+    let result = match arg.as_str() {
+        "grads" => grads(&rest),
+        "devices" => devices(&rest),
+        _ => run(&arg),
+    };
     match result {
         Ok(line) => {
             println!("{line}");
@@ -88,5 +98,26 @@ fn grads(args: &[String]) -> Result<String, String> {
         r.tensors,
         r.loss,
         r.reference_loss
+    ))
+}
+
+fn devices(args: &[String]) -> Result<String, String> {
+    let usage = || "usage: clipfleet-dist-check devices clip|siglip BATCH DEVICE fp32|amp_bf16|pure_bf16".to_string();
+    let loss = match args.first().map(String::as_str) {
+        Some("clip") => LossKind::Clip,
+        Some("siglip") => LossKind::Siglip,
+        _ => return Err(usage()),
+    };
+    let batch: i64 = args.get(1).and_then(|b| b.parse().ok()).ok_or_else(usage)?;
+    let device =
+        clipfleet_trainer::device::resolve_device(args.get(2).ok_or_else(usage)?).map_err(|e| e.to_string())?;
+    let precision = clipfleet_trainer::precision::Precision::resolve(args.get(3).ok_or_else(usage)?, device)
+        .map_err(|e| e.to_string())?;
+    let r = gradient_check::compare_devices(loss, batch, device, precision).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{loss:?} b={batch} {device:?} {} vs CPU fp32: max relative gradient error {:.3e}, loss relative error {:.3e}",
+        precision.name(),
+        r.max_relative_error,
+        r.loss_relative_error
     ))
 }

@@ -55,7 +55,8 @@ pub fn check_gradients(
     let tokens = Tensor::randint_low(1, vocab, [n, ctx], (Kind::Int64, device));
 
     // The distributed step on this rank's rows.
-    let step = ContrastiveStep { group, loss, blocks, bucket_bytes: 1 << 20 };
+    let step =
+        ContrastiveStep { precision: crate::precision::Precision::Fp32, group, loss, blocks, bucket_bytes: 1 << 20 };
     let rows = |t: &Tensor| t.narrow(0, rank * local_batch, local_batch);
     zero_grads(&model);
     let out =
@@ -106,4 +107,75 @@ fn zero_grads(model: &Clip) {
     for (_, mut p) in model.named_parameters() {
         p.zero_grad();
     }
+}
+
+/// What [`compare_devices`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceReport {
+    /// The largest ‖g_dev − g_cpu‖ / ‖g_cpu‖ over the parameter tensors.
+    pub max_relative_error: f64,
+    /// |loss_dev − loss_cpu| / |loss_cpu|.
+    pub loss_relative_error: f64,
+}
+
+/// The one-process step (`ContrastiveStep` with the single group) of the tiny model on
+/// `device` in `precision`, against the same step on the CPU in fp32: the GPU correctness
+/// check of `scripts/gpu-check.sh`. TF32 is off for fp32, so only kernel differences remain.
+pub fn compare_devices(
+    loss: LossKind,
+    batch: i64,
+    device: Device,
+    precision: crate::precision::Precision,
+) -> Result<DeviceReport> {
+    let config = match loss {
+        LossKind::Clip => ClipConfig::tiny(),
+        LossKind::Siglip => ClipConfig::tiny().with_siglip_init(),
+    };
+    let single = crate::dist::SingleGroup;
+    let side = config.vision_cfg.image_size;
+    let (ctx, vocab) = (config.text_cfg.context_length, config.text_cfg.vocab_size);
+    tch::manual_seed(11);
+    let images = Tensor::randn([batch, 3, side, side], (Kind::Float, Device::Cpu));
+    let tokens = Tensor::randint_low(1, vocab, [batch, ctx], (Kind::Int64, Device::Cpu));
+    let run = |device: Device, precision: crate::precision::Precision| -> Result<(f64, Vec<Tensor>)> {
+        precision.configure(false)?;
+        tch::manual_seed(7);
+        let mut model = Clip::new(&config, Device::Cpu)?;
+        let on_device = Clip::new(&config, device)?;
+        tch::no_grad(|| {
+            for ((_, dst), (_, src)) in on_device.named_parameters().iter().zip(model.named_parameters()) {
+                dst.shallow_clone().copy_(&src);
+            }
+        });
+        model = on_device;
+        model.set_parameter_kind(precision.parameter_kind());
+        let step =
+            ContrastiveStep { precision, group: &single, loss, blocks: BlockSizes::default(), bucket_bytes: 1 << 20 };
+        zero_grads(&model);
+        let out = step.backward(
+            &model,
+            &images.to_device(device),
+            &|x| x.shallow_clone(),
+            &tokens.to_device(device),
+            1,
+            &|_| tch::manual_seed(3),
+        )?;
+        let grads = model
+            .named_parameters()
+            .iter()
+            .map(|(_, p)| p.grad().to_device(Device::Cpu).to_kind(Kind::Double))
+            .collect();
+        Ok((out.loss.to_kind(Kind::Double).double_value(&[]), grads))
+    };
+    let (cpu_loss, cpu_grads) = run(Device::Cpu, crate::precision::Precision::Fp32)?;
+    let (dev_loss, dev_grads) = run(device, precision)?;
+    let mut max_relative_error = 0.0f64;
+    for (got, want) in dev_grads.iter().zip(&cpu_grads) {
+        let denom = want.norm().double_value(&[]).max(1e-30);
+        max_relative_error = max_relative_error.max((got - want).norm().double_value(&[]) / denom);
+    }
+    Ok(DeviceReport {
+        max_relative_error,
+        loss_relative_error: (dev_loss - cpu_loss).abs() / cpu_loss.abs().max(1e-30),
+    })
 }

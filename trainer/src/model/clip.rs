@@ -80,12 +80,12 @@ impl Clip {
         vars.into_iter().collect()
     }
 
-    /// Unnormalised image embeddings.
+    /// Unnormalised image embeddings, in the parameters' dtype (the images are cast to it).
     ///
     /// # Shapes
     /// `images`: [batch, 3, H, W] float, normalised → [batch, embed_dim].
     pub fn encode_image(&self, images: &Tensor) -> Tensor {
-        self.visual.forward(images)
+        self.visual.forward(&images.to_kind(self.logit_scale.kind()))
     }
 
     /// Unnormalised text embeddings.
@@ -96,12 +96,27 @@ impl Clip {
         self.text.forward(tokens)
     }
 
-    /// L2-normalised image and text features, as OpenCLIP's `CLIP.forward`.
+    /// L2-normalised image and text features, as OpenCLIP's `CLIP.forward`; bfloat16 or
+    /// float16 features (pure bf16 weights, autocast) come out as float32, which the losses use.
     ///
     /// # Shapes
     /// `images`: [b, 3, H, W], `tokens`: [b, context_length] → ([b, embed_dim], [b, embed_dim]).
     pub fn forward(&self, images: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
-        (l2_normalize(&self.encode_image(images)), l2_normalize(&self.encode_text(tokens)))
+        let f32 = |x: Tensor| match x.kind() {
+            tch::Kind::BFloat16 | tch::Kind::Half => x.to_kind(tch::Kind::Float),
+            _ => x,
+        };
+        (l2_normalize(&f32(self.encode_image(images))), l2_normalize(&f32(self.encode_text(tokens))))
+    }
+
+    /// Casts every parameter to `kind` (float32, or bfloat16 for `pure_bf16`), in place.
+    pub fn set_parameter_kind(&mut self, kind: tch::Kind) {
+        match kind {
+            tch::Kind::BFloat16 => self.vs.bfloat16(),
+            tch::Kind::Half => self.vs.half(),
+            tch::Kind::Double => self.vs.double(),
+            _ => self.vs.float(),
+        }
     }
 
     /// Clamps θ to [0, ln 100] in place, as OpenCLIP does after every optimizer step.
