@@ -1,5 +1,6 @@
 // The few libtorch entry points that tch 0.24 does not bind (DESIGN §2), behind a C ABI:
-// the autocast dtype, the TF32 switches and the fused AdamW kernel.
+// the autocast dtype, the TF32 switches, the fused AdamW kernel and the CUDA allocator's
+// peak-memory statistics.
 //
 // Tensors arrive as tch's `C_tensor` pointers, which are `at::Tensor*`. Every function catches
 // C++ exceptions and returns them as a message (NUL-terminated, truncated to `err_len`),
@@ -9,6 +10,7 @@
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <c10/core/CachingDeviceAllocator.h>
 
 #include <cstring>
 #include <exception>
@@ -77,6 +79,29 @@ int clipfleet_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads, a
          s = tensors(steps, n);
     at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false);
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(e.what(), err, err_len);
+  }
+}
+
+// Peak bytes allocated by libtorch's CUDA caching allocator on `device` since the last reset
+// (torch.cuda.max_memory_allocated), or -1 with a message when there is no CUDA allocator.
+int64_t clipfleet_cuda_max_memory_allocated(int device, char* err, size_t err_len) {
+  try {
+    auto* allocator = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    auto stats = allocator->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  } catch (const std::exception& e) {
+    fail(e.what(), err, err_len);
+    return -1;
+  }
+}
+
+// torch.cuda.reset_peak_memory_stats(device).
+int clipfleet_cuda_reset_peak_memory(int device, char* err, size_t err_len) {
+  try {
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device));
     return 0;
   } catch (const std::exception& e) {
     return fail(e.what(), err, err_len);

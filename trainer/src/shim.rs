@@ -1,5 +1,6 @@
 //! Safe wrappers over the C++ shim (`trainer/shim/shim.cpp`): what tch 0.24 does not bind
-//! (DESIGN §2) — the CUDA autocast dtype, the TF32 switches and libtorch's fused AdamW kernel.
+//! (DESIGN §2) — the CUDA autocast dtype, the TF32 switches, libtorch's fused AdamW kernel and
+//! the CUDA allocator's peak memory.
 
 use std::ffi::{c_char, c_int, CStr};
 
@@ -13,6 +14,8 @@ extern "C" {
     fn clipfleet_get_autocast_dtype() -> c_int;
     fn clipfleet_set_tf32(enabled: c_int, err: *mut c_char, err_len: usize) -> c_int;
     fn clipfleet_get_tf32() -> c_int;
+    fn clipfleet_cuda_max_memory_allocated(device: c_int, err: *mut c_char, err_len: usize) -> i64;
+    fn clipfleet_cuda_reset_peak_memory(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
     fn clipfleet_fused_adamw(
         params: *const *mut C_tensor,
         grads: *const *mut C_tensor,
@@ -83,6 +86,28 @@ pub fn tf32() -> bool {
     unsafe { clipfleet_get_tf32() != 0 }
 }
 
+/// Peak bytes allocated by libtorch's CUDA caching allocator on `device` since the last
+/// [`reset_cuda_peak_memory`] (`torch.cuda.max_memory_allocated`).
+pub fn cuda_max_memory_allocated(device: usize) -> Result<u64> {
+    let mut peak = -1i64;
+    // SAFETY: plain C call with a valid buffer.
+    checked("cuda_max_memory_allocated", |err, len| {
+        peak = unsafe { clipfleet_cuda_max_memory_allocated(device as c_int, err, len) };
+        if peak < 0 {
+            1
+        } else {
+            0
+        }
+    })?;
+    Ok(peak as u64)
+}
+
+/// Resets the CUDA allocator's peak statistics on `device` (`torch.cuda.reset_peak_memory_stats`).
+pub fn reset_cuda_peak_memory(device: usize) -> Result<()> {
+    // SAFETY: plain C call with a valid buffer.
+    checked("reset_cuda_peak_memory", |err, len| unsafe { clipfleet_cuda_reset_peak_memory(device as c_int, err, len) })
+}
+
 /// The tensors of one fused AdamW call, index-aligned.
 #[derive(Debug, Default)]
 pub struct FusedAdamWGroup<'a> {
@@ -141,4 +166,24 @@ pub fn fused_adamw(
             len,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a GPU the peak follows an allocation; without one the call reports an error (or
+    /// zeros) instead of crashing the process.
+    #[test]
+    fn cuda_peak_memory_is_safe_to_ask_for() {
+        if tch::Cuda::device_count() == 0 {
+            let _ = reset_cuda_peak_memory(0);
+            let _ = cuda_max_memory_allocated(0);
+            return;
+        }
+        reset_cuda_peak_memory(0).unwrap();
+        let t = Tensor::zeros([64 << 20], (tch::Kind::Uint8, tch::Device::Cuda(0)));
+        assert!(cuda_max_memory_allocated(0).unwrap() >= 64 << 20);
+        drop(t);
+    }
 }

@@ -40,8 +40,9 @@ struct BenchTrainReport {
     peak_tflops: Option<f64>,
     /// Model FLOPs utilisation: achieved ÷ peak.
     mfu: Option<f64>,
-    /// Peak memory in bytes: the process's peak resident set on the CPU. On CUDA this needs
-    /// libtorch's allocator statistics, which tch does not bind; it is null there for now.
+    /// Peak memory in bytes: the process's peak resident set on the CPU; on CUDA, the peak
+    /// bytes allocated by libtorch's caching allocator over the timed steps (as OpenCLIP's
+    /// `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`).
     peak_memory_bytes: Option<u64>,
     /// OpenCLIP's figures from the same run, when `--reference-python` is given.
     reference: Option<serde_json::Value>,
@@ -62,8 +63,13 @@ fn peak_rss_bytes() -> Option<u64> {
     u64::try_from(kib).ok().map(|k| k * 1024)
 }
 
-/// The OpenCLIP reference script, in the checkout this binary was built from.
+/// The OpenCLIP reference script: `scripts/bench_openclip_train.py` under the current folder
+/// (a checkout copied to another machine), else in the checkout this binary was built from.
 fn reference_script() -> PathBuf {
+    let here = Path::new("scripts/bench_openclip_train.py");
+    if here.is_file() {
+        return here.to_path_buf();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_openclip_train.py")
 }
 
@@ -133,6 +139,9 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
         step();
     }
     sync();
+    if let Device::Cuda(n) = device {
+        clipfleet_trainer::shim::reset_cuda_peak_memory(n)?;
+    }
     let t = Instant::now();
     for _ in 0..args.steps {
         step();
@@ -151,6 +160,7 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
     let peak_tflops = args.peak_tflops.or(matches!(device, Device::Cuda(_)).then_some(800.0));
     let peak_memory_bytes = match device {
         Device::Cpu => peak_rss_bytes(),
+        Device::Cuda(n) => Some(clipfleet_trainer::shim::cuda_max_memory_allocated(n)?),
         _ => None,
     };
     let ratio = reference.as_ref().and_then(|r| r["samples_per_second"].as_f64()).map(|r| samples_per_second / r);
@@ -177,6 +187,7 @@ pub(crate) fn train(args: BenchTrainArgs) -> anyhow::Result<()> {
             .peak_memory_bytes
             .map(|b| format!("peak RSS {:.2} GiB", b as f64 / (1u64 << 30) as f64))
             .unwrap_or_else(|| "peak memory n/a on this device".into());
+        let memory = if matches!(device, Device::Cuda(_)) { memory.replace("RSS", "CUDA memory") } else { memory };
         let mfu = report.mfu.map(|m| format!(", MFU {:.1}%", 100.0 * m)).unwrap_or_default();
         println!(
             "clipfleet bench train {} bs={} {}: {:.1} samples/s, {:.1} ms/step, {:.2} TFLOP/s{mfu}, {memory} ({})",
