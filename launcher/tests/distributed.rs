@@ -34,6 +34,20 @@ fn max_weight_difference(a: &Path, b: &Path, step: i64) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Asserts that runs `a` and `b` end step `step` with weights within [`WEIGHT_TOLERANCE`],
+/// printing the difference under `what`.
+fn assert_same_weights(a: &Path, b: &Path, step: i64, what: &str) {
+    let diff = max_weight_difference(a, b, step);
+    eprintln!("{what}: max |Δw| = {diff:e}");
+    assert!(diff <= WEIGHT_TOLERANCE, "{what}: max |Δw| = {diff:e}");
+}
+
+/// `state.json` of checkpoint `step` of `run`.
+fn checkpoint_state(run: &Path, step: i64) -> serde_json::Value {
+    let path = run.join(format!("checkpoints/step_{step}/state.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("state.json")).expect("json")
+}
+
 /// `train` flags with `--batch-size` replaced.
 fn with_batch(mut args: Vec<String>, batch: i64) -> Vec<String> {
     let i = args.iter().position(|a| a == "--batch-size").expect("--batch-size");
@@ -71,14 +85,10 @@ fn two_mpi_workers_train_like_one_process_on_synthetic_data() {
     let out = ok(run(&refs(&launch_args(2, &[], &with_batch(tiny_args(&two, 6, 3), 8)))));
     let log = stderr(&out);
     assert!(log.contains("\"mode\":\"mpi\"") && log.contains("\"world_size\":2"), "{log}");
-    let diff = max_weight_difference(&one, &two, 6);
-    eprintln!("2 MPI workers × 8 vs 1 process × 16, 6 steps: max |Δw| = {diff:e}");
-    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_weights(&one, &two, 6, "2 MPI workers × 8 vs 1 process × 16, 6 steps");
     assert_same_eval(&one, &two);
     // The 2-worker checkpoint says so.
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/step_3/state.json")).expect("state.json"))
-            .expect("json");
+    let state = checkpoint_state(&two, 3);
     assert_eq!((state["world_size"].as_u64(), state["global_batch"].as_i64()), (Some(2), Some(16)), "{state}");
 }
 
@@ -97,15 +107,11 @@ fn two_mpi_workers_train_like_one_process_on_shards_and_resume_on_one() {
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     ok(run(&refs(&shard_flags(with_batch(tiny_args(&one, 6, 3), 16)))));
     ok(run(&refs(&launch_args(2, &[], &shard_flags(with_batch(tiny_args(&two, 6, 3), 8))))));
-    let diff = max_weight_difference(&one, &two, 6);
-    eprintln!("shards: 2 MPI workers × 8 vs 1 process × 16, 6 steps: max |Δw| = {diff:e}");
-    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_weights(&one, &two, 6, "shards: 2 MPI workers × 8 vs 1 process × 16, 6 steps");
 
     // The 2-worker checkpoint holds every partition's cursor, merged by rank 0; one process
     // resumes from it and continues the same batches.
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(two.join("checkpoints/step_3/state.json")).expect("state.json"))
-            .expect("json");
+    let state = checkpoint_state(&two, 3);
     assert_eq!(state["shards"]["cursors"].as_object().map(|c| c.len()), Some(8), "{state}");
     let resumed = tmp.path().join("resumed");
     copy_dir(&two.join("checkpoints/step_3"), &resumed.join("checkpoints/step_3"));
@@ -113,9 +119,7 @@ fn two_mpi_workers_train_like_one_process_on_shards_and_resume_on_one() {
     let mut args = shard_flags(with_batch(tiny_args(&resumed, 6, 3), 16));
     args.extend(["--resume", "latest"].map(String::from));
     ok(run(&refs(&args)));
-    let diff = max_weight_difference(&one, &resumed, 6);
-    eprintln!("shards: 2 workers to step 3, then 1 process to step 6, vs 1 process: max |Δw| = {diff:e}");
-    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_weights(&one, &resumed, 6, "shards: 2 workers to step 3, then 1 process to step 6, vs 1 process");
 }
 
 #[test]
@@ -126,9 +130,7 @@ fn gradient_caching_trains_like_one_pass() {
     let mut args = with_batch(tiny_args(&cached, 4, 0), 4);
     args.extend(["--accum-freq", "4", "--loss-block-rows", "5"].map(String::from));
     ok(run(&refs(&args)));
-    let diff = max_weight_difference(&one, &cached, 4);
-    eprintln!("--batch-size 4 --accum-freq 4 vs --batch-size 16, 4 steps: max |Δw| = {diff:e}");
-    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_weights(&one, &cached, 4, "--batch-size 4 --accum-freq 4 vs --batch-size 16, 4 steps");
 }
 
 #[test]
@@ -141,9 +143,7 @@ fn siglip_trains_across_two_mpi_workers() {
     };
     ok(run(&refs(&siglip(with_batch(tiny_args(&one, 4, 0), 16)))));
     ok(run(&refs(&launch_args(2, &[], &siglip(with_batch(tiny_args(&two, 4, 0), 8))))));
-    let diff = max_weight_difference(&one, &two, 4);
-    eprintln!("siglip: 2 MPI workers × 8 vs 1 process × 16, 4 steps: max |Δw| = {diff:e}");
-    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_weights(&one, &two, 4, "siglip: 2 MPI workers × 8 vs 1 process × 16, 4 steps");
     let bias = weights(&two, 4).into_iter().find(|(n, _)| n == "logit_bias").expect("logit_bias").1;
     let bias = bias.double_value(&[]);
     assert!(bias != -10.0 && (bias + 10.0).abs() < 0.1, "the learnable bias starts at -10 and moves: {bias}");
@@ -208,14 +208,9 @@ fn launcher_restarts_the_group_after_a_worker_is_killed() {
     let log = stderr(&out);
     assert!(out.status.success(), "the launcher did not finish the run: {:?}\n{log}", out.status);
     assert!(log.contains("restart"), "{log}");
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(killed.join(format!("checkpoints/step_{steps}/state.json"))).expect("state.json"),
-    )
-    .expect("json");
+    let state = checkpoint_state(&killed, steps);
     assert_eq!(state["step"], steps);
-    let diff = max_weight_difference(&straight, &killed, steps);
-    eprintln!("killed and restarted vs uninterrupted, {steps} steps: max |Δw| = {diff:e}");
-    assert!(diff <= WEIGHT_TOLERANCE, "max |Δw| = {diff:e}");
+    assert_same_weights(&straight, &killed, steps, &format!("killed and restarted vs uninterrupted, {steps} steps"));
 }
 
 /// One worker fails while the other waits in a collective: the failing worker aborts the job
