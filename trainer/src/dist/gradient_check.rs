@@ -38,21 +38,13 @@ pub fn check_gradients(
     blocks: BlockSizes,
 ) -> Result<GradientReport> {
     let device = Device::Cpu;
-    let config = match loss {
-        LossKind::Clip => ClipConfig::tiny(),
-        LossKind::Siglip => ClipConfig::tiny().with_siglip_init(),
-    };
+    let config = tiny_config(loss);
     tch::manual_seed(7);
     let model = Clip::new(&config, device)?;
     broadcast_parameters(group, &model)?;
     let (rank, world) = (group.rank() as i64, group.world_size() as i64);
     let n = local_batch * world;
-    let side = config.vision_cfg.image_size;
-    let ctx = config.text_cfg.context_length;
-    let vocab = config.text_cfg.vocab_size;
-    tch::manual_seed(11);
-    let images = Tensor::randn([n, 3, side, side], (Kind::Float, device));
-    let tokens = Tensor::randint_low(1, vocab, [n, ctx], (Kind::Int64, device));
+    let (images, tokens) = fixed_batch(&config, n, device);
 
     // The distributed step on this rank's rows.
     let step =
@@ -103,6 +95,25 @@ pub fn check_gradients(
     })
 }
 
+/// The tiny model's config for `loss` (SigLIP gets its logit bias and initial values).
+fn tiny_config(loss: LossKind) -> ClipConfig {
+    match loss {
+        LossKind::Clip => ClipConfig::tiny(),
+        LossKind::Siglip => ClipConfig::tiny().with_siglip_init(),
+    }
+}
+
+/// `n` random images and token rows for `config`, the same on every rank (fixed seed, CPU
+/// generator), placed on `device`.
+fn fixed_batch(config: &ClipConfig, n: i64, device: Device) -> (Tensor, Tensor) {
+    let side = config.vision_cfg.image_size;
+    let (ctx, vocab) = (config.text_cfg.context_length, config.text_cfg.vocab_size);
+    tch::manual_seed(11);
+    let images = Tensor::randn([n, 3, side, side], (Kind::Float, Device::Cpu));
+    let tokens = Tensor::randint_low(1, vocab, [n, ctx], (Kind::Int64, Device::Cpu));
+    (images.to_device(device), tokens.to_device(device))
+}
+
 fn zero_grads(model: &Clip) {
     for (_, mut p) in model.named_parameters() {
         p.zero_grad();
@@ -127,16 +138,9 @@ pub fn compare_devices(
     device: Device,
     precision: crate::precision::Precision,
 ) -> Result<DeviceReport> {
-    let config = match loss {
-        LossKind::Clip => ClipConfig::tiny(),
-        LossKind::Siglip => ClipConfig::tiny().with_siglip_init(),
-    };
+    let config = tiny_config(loss);
     let single = crate::dist::SingleGroup;
-    let side = config.vision_cfg.image_size;
-    let (ctx, vocab) = (config.text_cfg.context_length, config.text_cfg.vocab_size);
-    tch::manual_seed(11);
-    let images = Tensor::randn([batch, 3, side, side], (Kind::Float, Device::Cpu));
-    let tokens = Tensor::randint_low(1, vocab, [batch, ctx], (Kind::Int64, Device::Cpu));
+    let (images, tokens) = fixed_batch(&config, batch, Device::Cpu);
     let run = |device: Device, precision: crate::precision::Precision| -> Result<(f64, Vec<Tensor>)> {
         precision.configure(false)?;
         tch::manual_seed(7);
