@@ -16,8 +16,8 @@ fn main() -> ExitCode {
     // (torchrun's RANK, mpirun, Slurm, Kubernetes; 0 for a single process).
     let rank = clipfleet_trainer::dist::env::detect(&std::env::vars().collect()).map(|w| w.rank).unwrap_or(0);
     // The launcher is no worker: its lines carry no rank.
-    let _span =
-        (!matches!(cli.command, cli::Command::Launch(_))).then(|| tracing::info_span!("worker", rank).entered());
+    let is_launch = matches!(cli.command, cli::Command::Launch(_));
+    let _span = (!is_launch).then(|| tracing::info_span!("worker", rank).entered());
     let result = match cli.command {
         cli::Command::Train(args) => commands::train::run(*args, bar),
         cli::Command::Eval(args) => commands::eval::run(args),
@@ -46,6 +46,11 @@ fn main() -> ExitCode {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
+            }
+            if !is_launch {
+                // Tells `clipfleet launch`, when it started this worker, why it failed.
+                let message = err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+                clipfleet_trainer::dist::error_file::record(rank, &message);
             }
             ExitCode::FAILURE
         }

@@ -222,6 +222,35 @@ wait"#,
     assert_ended(&fx, &["pid.0", "pid.2", "sleep.0", "sleep.2"]);
 }
 
+/// The report names the worker whose error file is the earliest (the root cause), even when a
+/// peer exited first, and the launcher removes the error folder afterwards.
+#[test]
+fn launch_reports_the_root_cause_from_the_error_files() {
+    let fx = Fixture::new(
+        r#"echo "$CLIPFLEET_ERROR_DIR" > "$T/errors.$RANK"
+case "$RANK" in
+  2) printf '{"rank":2,"message":"CUDA out of memory","unix_time_ns":%s}' "$(date +%s%N)" > "$CLIPFLEET_ERROR_DIR/rank-2.json"
+     sleep 60 ;;
+  0) while [ ! -e "$CLIPFLEET_ERROR_DIR/rank-2.json" ]; do sleep 0.02; done
+     exit 1 ;;
+  *) sleep 60 ;;
+esac"#,
+    );
+    let (out, _) = fx.run(&[&SPAWN[..], &["--nproc-per-node", "3", "--grace-period", "5"]].concat(), &["train"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "error: worker rank 2 failed: CUDA out of memory (first to exit: worker rank 0, exit status 1, pid"
+        ),
+        "{err}"
+    );
+    let folder = fx.read("errors.0");
+    assert!(folder.trim().ends_with("/attempt-0"), "{folder}");
+    assert_eq!(fx.read("errors.1"), folder, "one folder per attempt");
+    assert!(!Path::new(folder.trim()).exists(), "{folder} is left behind");
+}
+
 #[test]
 fn launch_kills_a_worker_that_ignores_sigterm_after_the_grace_period() {
     let fx = Fixture::new(

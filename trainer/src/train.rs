@@ -216,6 +216,7 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let (rank, world_size) = (group.rank(), group.world_size());
     tracing::error!(error = %message, "worker failed; aborting the job so that the other workers do not wait for it");
     eprintln!("error: worker rank {rank} of {world_size} failed: {message}");
+    dist::error_file::record(rank, &message);
     group.abort(1)
 }
 

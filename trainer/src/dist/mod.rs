@@ -20,6 +20,7 @@
 
 pub mod collective_check;
 pub mod env;
+pub mod error_file;
 pub mod gradient_check;
 pub mod mpi;
 pub mod nccl;

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clipfleet_trainer::dist::error_file;
 
 use crate::cli::LaunchArgs;
 use supervise::Ended;
@@ -84,6 +85,7 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
     signals::install().context("installing the launcher's signal handlers")?;
     let grace = Duration::from_secs_f64(args.grace_period);
     let mut worker_args = args.worker_args;
+    let errors = ErrorFolders::create()?;
     let mut restarts = 0u32;
     loop {
         // A stop signal between attempts (e.g. during a restart) ends the launch.
@@ -91,7 +93,8 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
             tracing::warn!("received {}: not restarting", signals::name(signal));
             return Ok(signal_exit(signal));
         }
-        let started = plan.start(&worker_args, restarts)?;
+        let attempt_errors = errors.attempt(restarts)?;
+        let started = plan.start(&worker_args, restarts, &attempt_errors)?;
         tracing::info!(
             "started {} (attempt {} of {})",
             match plan.transport {
@@ -101,7 +104,9 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
             restarts + 1,
             args.max_restarts + 1
         );
-        match supervise::supervise(started, grace) {
+        match supervise::supervise(started, grace)
+            .map_failure(|report| report.with_cause(error_file::first_in(&attempt_errors)))
+        {
             Ended::Succeeded => {
                 tracing::info!("all workers finished");
                 return Ok(ExitCode::SUCCESS);
@@ -126,6 +131,34 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::from(report.death.exit_code()));
             }
         }
+    }
+}
+
+/// The folder for the workers' error files, one sub-folder per attempt; removed when the
+/// launcher returns.
+struct ErrorFolders {
+    root: PathBuf,
+}
+
+impl ErrorFolders {
+    fn create() -> Result<Self> {
+        let root = std::env::temp_dir().join(format!("clipfleet-launch-{}", std::process::id()));
+        // A folder of a dead launcher whose pid this one reuses holds nothing of ours.
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        Ok(Self { root })
+    }
+
+    fn attempt(&self, restart: u32) -> Result<PathBuf> {
+        let dir = self.root.join(format!("attempt-{restart}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for ErrorFolders {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 

@@ -9,12 +9,16 @@
 //!   period (at once on a second such signal); the attempt is then stopped, never restarted.
 //! - SIGUSR1 is forwarded and changes nothing else.
 //! - Workers that exit 0 while others still run are fine.
+//!
+//! The report of a failed attempt names the root cause from the workers' error files
+//! ([`clipfleet_trainer::dist::error_file`]) when one was written: the earliest, which need not be the first to exit.
 
 use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use clipfleet_trainer::dist::error_file::WorkerError;
 use libc::c_int;
 
 use super::signals;
@@ -187,27 +191,60 @@ impl Supervision {
 }
 
 /// A failed attempt, described for the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FailureReport {
     /// `worker rank 1`, or `mpirun` when mpirun did not say which rank failed.
     pub(crate) who: String,
-    /// The process that failed.
+    /// The process that exited first with a failure.
     pub(crate) pid: libc::pid_t,
     pub(crate) death: Death,
+    /// The earliest error file of the attempt: the root cause, when a worker wrote one.
+    pub(crate) cause: Option<WorkerError>,
+}
+
+impl FailureReport {
+    /// Adds the root cause from the attempt's error files.
+    pub(crate) fn with_cause(mut self, cause: Option<WorkerError>) -> Self {
+        self.cause = cause;
+        self
+    }
 }
 
 impl fmt::Display for FailureReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: {} (pid {})", self.who, self.death, self.pid)
+        let Some(cause) = &self.cause else {
+            return write!(f, "{} failed: {} (pid {})", self.who, self.death, self.pid);
+        };
+        let rank = format!("worker rank {}", cause.rank);
+        if self.who == rank || self.who == "mpirun" {
+            write!(f, "{rank} failed: {} (pid {}): {}", self.death, self.pid, cause.message)
+        } else {
+            // Another worker failed first; this one exited first (e.g. of the first's abort).
+            write!(
+                f,
+                "{rank} failed: {} (first to exit: {}, {}, pid {})",
+                cause.message, self.who, self.death, self.pid
+            )
+        }
     }
 }
 
 /// The end of an attempt, as [`supervise`] returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Ended {
     Succeeded,
     Failed(FailureReport),
     Stopped(c_int),
+}
+
+impl Ended {
+    /// Applies `f` to the report of a failed attempt.
+    pub(crate) fn map_failure(self, f: impl FnOnce(FailureReport) -> FailureReport) -> Self {
+        match self {
+            Ended::Failed(report) => Ended::Failed(f(report)),
+            other => other,
+        }
+    }
 }
 
 const POLL: Duration = Duration::from_millis(50);
@@ -280,7 +317,7 @@ pub(crate) fn supervise(mut workers: Vec<Worker>, grace: Duration) -> Ended {
                 (Label::Mpirun, _) => ("mpirun".to_owned(), death),
                 (label, _) => (format!("worker {label}"), death),
             };
-            Ended::Failed(FailureReport { who, pid: w.pid(), death })
+            Ended::Failed(FailureReport { who, pid: w.pid(), death, cause: None })
         }
     }
 }
@@ -386,5 +423,25 @@ mod tests {
         let segv = Death::Signaled { signal: libc::SIGSEGV, core_dumped: true };
         assert_eq!(segv.to_string(), "killed by signal 11 (SIGSEGV), core dumped");
         assert_eq!(Death::Exited(3).exit_code(), 3);
+    }
+
+    #[test]
+    fn a_failure_report_names_the_root_cause() {
+        let cause = |rank| Some(WorkerError { rank, message: "out of memory".into(), unix_time_ns: 1 });
+        let report = FailureReport { who: "mpirun".into(), pid: 7, death: Death::Exited(1), cause: None };
+        assert_eq!(report.to_string(), "mpirun failed: exit status 1 (pid 7)");
+        assert_eq!(
+            report.clone().with_cause(cause(1)).to_string(),
+            "worker rank 1 failed: exit status 1 (pid 7): out of memory"
+        );
+        let report = FailureReport { who: "worker rank 0".into(), ..report };
+        assert_eq!(
+            report.clone().with_cause(cause(0)).to_string(),
+            "worker rank 0 failed: exit status 1 (pid 7): out of memory"
+        );
+        assert_eq!(
+            report.with_cause(cause(2)).to_string(),
+            "worker rank 2 failed: out of memory (first to exit: worker rank 0, exit status 1, pid 7)"
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clipfleet_trainer::dist::error_file::ERROR_DIR_VAR;
 use libc::{c_int, pid_t};
 
 use super::signals;
@@ -74,6 +75,8 @@ pub(crate) fn mpirun_args(nproc: usize, as_root: bool, restart: u32, worker: &Pa
         out.push(a.into());
     }
     out.push(format!("CLIPFLEET_RESTART_COUNT={restart}").into());
+    // The error-file folder, from mpirun's environment (set by the launcher).
+    out.extend(["-x".into(), ERROR_DIR_VAR.into()]);
     out.push(worker.into());
     out.extend(args.iter().map(OsString::from));
     out
@@ -212,11 +215,11 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Starts the workers of attempt `restart` with `args`. If one cannot start, those already
-    /// started are killed and reaped.
-    pub(crate) fn start(&self, args: &[String], restart: u32) -> Result<Vec<Worker>> {
+    /// Starts the workers of attempt `restart` with `args`, with `errors` for their error
+    /// files. If one cannot start, those already started are killed and reaped.
+    pub(crate) fn start(&self, args: &[String], restart: u32, errors: &Path) -> Result<Vec<Worker>> {
         if self.transport == Transport::Mpi {
-            return Ok(vec![self.start_mpirun(args, restart)?]);
+            return Ok(vec![self.start_mpirun(args, restart, errors)?]);
         }
         let t = &self.topology;
         let mut workers: Vec<Worker> = Vec::with_capacity(t.nproc_per_node);
@@ -233,6 +236,7 @@ impl Plan {
                 .env("MASTER_PORT", t.master_port.to_string())
                 .env("CLIPFLEET_DIST_BACKEND", self.transport.backend_name())
                 .env("CLIPFLEET_RESTART_COUNT", restart.to_string())
+                .env(ERROR_DIR_VAR, errors)
                 .stdin(Stdio::null())
                 .process_group(0);
             if let Some(dir) = &self.library_dir {
@@ -255,7 +259,7 @@ impl Plan {
         Ok(workers)
     }
 
-    fn start_mpirun(&self, args: &[String], restart: u32) -> Result<Worker> {
+    fn start_mpirun(&self, args: &[String], restart: u32, errors: &Path) -> Result<Worker> {
         let mpirun = self.mpirun.as_deref().context("mpi mode without mpirun")?;
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
@@ -263,6 +267,7 @@ impl Plan {
         cmd.args(mpirun_args(self.topology.nproc_per_node, as_root, restart, &self.worker, args))
             .env("CLIPFLEET_DIST_BACKEND", "mpi")
             .env("CLIPFLEET_RESTART_COUNT", restart.to_string())
+            .env(ERROR_DIR_VAR, errors)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -370,6 +375,8 @@ mod tests {
                 "CLIPFLEET_DIST_BACKEND=mpi",
                 "-x",
                 "CLIPFLEET_RESTART_COUNT=2",
+                "-x",
+                "CLIPFLEET_ERROR_DIR",
                 "/opt/clipfleet-core",
                 "train",
                 "--steps",
