@@ -31,15 +31,11 @@ pub fn clip_loss_global(image: &Tensor, text: &Tensor, logit_scale: &Tensor) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
-
-    fn features(n: i64, d: i64) -> Tensor {
-        crate::model::l2_normalize(&Tensor::randn([n, d], (Kind::Double, Device::Cpu)))
-    }
+    use crate::loss::test_support::{features, per_rank};
 
     #[test]
     fn perfect_alignment_gives_small_loss() {
-        let x = features(8, 16);
+        let x = features(8, 16, Kind::Double);
         let loss = clip_loss_global(&x, &x, &Tensor::from(100.0f64)).double_value(&[]);
         assert!(loss < 1e-3, "{loss}");
     }
@@ -48,23 +44,10 @@ mod tests {
     fn local_rows_sum_to_global_loss() {
         // DESIGN §3 parity target: Σ_r loss_r = W·L (the cross-entropy runs in float32).
         tch::manual_seed(3);
-        let (image, text, scale) = (features(12, 8), features(12, 8), Tensor::from(7.5f64));
+        let (image, text, scale) = (features(12, 8, Kind::Double), features(12, 8, Kind::Double), Tensor::from(7.5f64));
         let global = clip_loss_global(&image, &text, &scale).double_value(&[]);
         let w = 3;
-        let b = 12 / w;
-        let sum: f64 = (0..w)
-            .map(|r| {
-                let (il, tl) = (image.narrow(0, r * b, b), text.narrow(0, r * b, b));
-                let batch = ContrastiveBatch {
-                    image_local: &il,
-                    text_local: &tl,
-                    image_all: &image,
-                    text_all: &text,
-                    row_offset: r * b,
-                };
-                clip_loss(&batch, &scale).double_value(&[])
-            })
-            .sum();
+        let sum: f64 = per_rank(&image, &text, w, |batch| clip_loss(batch, &scale).double_value(&[])).iter().sum();
         assert!((sum - w as f64 * global).abs() < 1e-5, "{sum} vs {}", w as f64 * global);
     }
 }

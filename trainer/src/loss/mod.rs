@@ -10,6 +10,8 @@
 pub mod blockwise;
 pub mod clip;
 pub mod siglip;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
 pub use clip::{clip_loss, clip_loss_global};

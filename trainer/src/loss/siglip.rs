@@ -40,33 +40,18 @@ pub fn siglip_loss(batch: &ContrastiveBatch<'_>, logit_scale: &Tensor, logit_bia
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
-
-    fn features(n: i64, d: i64) -> Tensor {
-        crate::model::l2_normalize(&Tensor::randn([n, d], (Kind::Double, Device::Cpu)))
-    }
+    use crate::loss::test_support::{features, per_rank};
+    use tch::Kind;
 
     /// DESIGN §3 parity target for SigLIP: Σ_r loss_r = W·L.
     #[test]
     fn siglip_rank_losses_sum_to_w_times_global() {
         tch::manual_seed(5);
-        let (image, text) = (features(12, 8), features(12, 8));
+        let (image, text) = (features(12, 8, Kind::Double), features(12, 8, Kind::Double));
         let (s, bias) = (Tensor::from(10.0f64), Tensor::from(-10.0f64));
         let global = siglip_loss(&ContrastiveBatch::local(&image, &text), &s, &bias).double_value(&[]);
-        let (w, b) = (4, 3);
-        let sum: f64 = (0..w)
-            .map(|r| {
-                let (il, tl) = (image.narrow(0, r * b, b), text.narrow(0, r * b, b));
-                let batch = ContrastiveBatch {
-                    image_local: &il,
-                    text_local: &tl,
-                    image_all: &image,
-                    text_all: &text,
-                    row_offset: r * b,
-                };
-                siglip_loss(&batch, &s, &bias).double_value(&[])
-            })
-            .sum();
+        let w = 4;
+        let sum: f64 = per_rank(&image, &text, w, |batch| siglip_loss(batch, &s, &bias).double_value(&[])).iter().sum();
         assert!((sum - w as f64 * global).abs() < 1e-5, "{sum} vs {}", w as f64 * global);
     }
 }

@@ -2,12 +2,9 @@
 //! model with gradient caching.
 
 use super::*;
+use crate::loss::test_support::{features, per_rank};
 use crate::loss::{clip_loss, siglip_loss};
 use tch::Device;
-
-fn features(n: i64, d: i64, kind: Kind) -> Tensor {
-    crate::model::l2_normalize(&Tensor::randn([n, d], (Kind::Double, Device::Cpu))).to_kind(kind)
-}
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
@@ -116,16 +113,7 @@ fn rank_gradients_sum_to_single_process_gradients() {
     let blocks = BlockSizes::tiles(2, 4);
     let single = clip_loss_blockwise(&ContrastiveBatch::local(&image, &text), &s, blocks).unwrap();
     let (mut gi, mut gt, mut loss) = (image.zeros_like(), text.zeros_like(), 0.0);
-    for r in 0..w {
-        let (il, tl) = (image.narrow(0, r * b, b), text.narrow(0, r * b, b));
-        let batch = ContrastiveBatch {
-            image_local: &il,
-            text_local: &tl,
-            image_all: &image,
-            text_all: &text,
-            row_offset: r * b,
-        };
-        let g = clip_loss_blockwise(&batch, &s, blocks).unwrap();
+    for g in per_rank(&image, &text, w, |batch| clip_loss_blockwise(batch, &s, blocks).unwrap()) {
         gi += g.grad_image;
         gt += g.grad_text;
         loss += g.loss.double_value(&[]);
