@@ -251,6 +251,48 @@ esac"#,
     assert!(!Path::new(folder.trim()).exists(), "{folder} is left behind");
 }
 
+/// The launcher's folder (error files, the `libnccl.so` link) is private: made under `$TMPDIR`
+/// with mode 0700 and owned by the user, and removed when the launcher exits.
+#[test]
+fn launch_keeps_its_files_in_a_private_folder() {
+    let fx = Fixture::new(
+        r#"root=$(dirname "$CLIPFLEET_ERROR_DIR")
+echo "$root" > "$T/root.$RANK"
+stat -c '%a %u' "$root" "$CLIPFLEET_ERROR_DIR" > "$T/stat.$RANK"
+first=${LD_LIBRARY_PATH%%:*}
+echo "$first" > "$T/lib.$RANK"
+case "$first" in "$root"/*) stat -c '%a %u' "$first" > "$T/libstat.$RANK"; test -L "$first/libnccl.so" || exit 7 ;; esac"#,
+    );
+    let child = fx
+        .command(&[&SPAWN[..], &["--nproc-per-node", "2"]].concat(), &["train"])
+        .env("TMPDIR", fx.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn clipfleet launch");
+    let out = Launcher { child: Some(child) }.finish();
+    assert!(out.status.success(), "{:?}\n{}", out.status, stderr(&out));
+    let root = fx.read("root.0");
+    let root = Path::new(root.trim());
+    assert_eq!(root.parent(), Some(fx.dir.path()), "not under TMPDIR: {}", root.display());
+    assert!(
+        root.file_name().is_some_and(|n| n.to_string_lossy().starts_with("clipfleet-launch-")),
+        "{}",
+        root.display()
+    );
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(fx.read("stat.0"), format!("700 {me}\n700 {me}\n"), "the folder and the attempt folder");
+    let lib = fx.read("lib.0");
+    if lib.trim().starts_with(&root.display().to_string()) {
+        assert_eq!(Path::new(lib.trim()), root.join("nccl"));
+        assert_eq!(fx.read("libstat.0"), format!("700 {me}\n"));
+    } else {
+        eprintln!("SKIPPED the libnccl.so check: no pip NCCL found, LD_LIBRARY_PATH starts with {}", lib.trim());
+    }
+    assert!(!root.exists(), "{} is left behind", root.display());
+}
+
 #[test]
 fn launch_kills_a_worker_that_ignores_sigterm_after_the_grace_period() {
     let fx = Fixture::new(

@@ -6,10 +6,13 @@
 //! - [`supervise`]: watching an attempt, forwarding signals, stopping the group on a failure.
 //! - [`resume`]: the command line of a restart (`train --resume latest`).
 //! - [`signals`]: the launcher's signal handlers and signal delivery.
+//! - [`folders`]: the launcher's private folder (error files, the `libnccl.so` link), refused if
+//!   another user could have planted files in it.
 //!
 //! The launcher exits 0 when every worker did, with the first failed worker's status (128 + the
 //! signal for a signal) once restarts are used up, and 128 + the signal when it is stopped.
 
+mod folders;
 mod resume;
 mod signals;
 mod supervise;
@@ -25,6 +28,7 @@ use anyhow::{bail, Context, Result};
 use clipfleet_trainer::dist::error_file;
 
 use crate::cli::LaunchArgs;
+use folders::LaunchFolder;
 use supervise::Ended;
 use topology::PlacementFlags;
 use workers::{Plan, Transport};
@@ -62,7 +66,9 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
         )?),
         _ => None,
     };
-    let library_dir = if transport == Transport::Nccl { nccl_library_dir() } else { None };
+    // Made before anything goes into it: the workers' error files and the libnccl.so link.
+    let folder = LaunchFolder::create()?;
+    let library_dir = if transport == Transport::Nccl { nccl_library_dir(&folder)? } else { None };
     tracing::info!(
         nnodes = topology.nnodes,
         node_rank = topology.node_rank,
@@ -85,7 +91,6 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
     signals::install().context("installing the launcher's signal handlers")?;
     let grace = Duration::from_secs_f64(args.grace_period);
     let mut worker_args = args.worker_args;
-    let errors = ErrorFolders::create()?;
     let mut restarts = 0u32;
     loop {
         // A stop signal between attempts (e.g. during a restart) ends the launch.
@@ -93,7 +98,7 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
             tracing::warn!("received {}: not restarting", signals::name(signal));
             return Ok(signal_exit(signal));
         }
-        let attempt_errors = errors.attempt(restarts)?;
+        let attempt_errors = folder.attempt(restarts)?;
         let started = plan.start(&worker_args, restarts, &attempt_errors)?;
         tracing::info!(
             "started {} (attempt {} of {})",
@@ -134,34 +139,6 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
     }
 }
 
-/// The folder for the workers' error files, one sub-folder per attempt; removed when the
-/// launcher returns.
-struct ErrorFolders {
-    root: PathBuf,
-}
-
-impl ErrorFolders {
-    fn create() -> Result<Self> {
-        let root = std::env::temp_dir().join(format!("clipfleet-launch-{}", std::process::id()));
-        // A folder of a dead launcher whose pid this one reuses holds nothing of ours.
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-        Ok(Self { root })
-    }
-
-    fn attempt(&self, restart: u32) -> Result<PathBuf> {
-        let dir = self.root.join(format!("attempt-{restart}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(dir)
-    }
-}
-
-impl Drop for ErrorFolders {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 fn signal_exit(signal: libc::c_int) -> ExitCode {
     ExitCode::from((128 + signal).clamp(0, 255) as u8)
 }
@@ -183,15 +160,15 @@ fn worker_program(env: &HashMap<String, String>) -> Result<PathBuf> {
 }
 
 /// A folder holding a `libnccl.so` link to the NCCL that torch's pip wheels installed, for the
-/// workers' `LD_LIBRARY_PATH` (cudarc looks for `libnccl.so`, pip ships `libnccl.so.2`).
-fn nccl_library_dir() -> Option<PathBuf> {
+/// workers' `LD_LIBRARY_PATH` (cudarc looks for `libnccl.so`, pip ships `libnccl.so.2`): `nccl/`
+/// in the launcher's private folder, so that no other user can put a library there.
+fn nccl_library_dir(folder: &LaunchFolder) -> Result<Option<PathBuf>> {
     let Some(libnccl) = clipfleet_trainer::dist::nccl::find_libnccl() else {
         tracing::warn!("no libnccl.so.2 found; the workers rely on the system's libnccl.so");
-        return None;
+        return Ok(None);
     };
-    // SAFETY: getuid has no preconditions.
-    let dir = std::env::temp_dir().join(format!("clipfleet-nccl-{}", unsafe { libc::getuid() }));
-    match clipfleet_trainer::dist::nccl::link_libnccl(&libnccl, &dir) {
+    let dir = folder.nccl()?;
+    Ok(match clipfleet_trainer::dist::nccl::link_libnccl(&libnccl, &dir) {
         Ok(dir) => {
             tracing::info!("NCCL: {} linked as {}/libnccl.so", libnccl.display(), dir.display());
             Some(dir)
@@ -204,5 +181,5 @@ fn nccl_library_dir() -> Option<PathBuf> {
             );
             None
         }
-    }
+    })
 }
