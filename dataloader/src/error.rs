@@ -139,4 +139,12 @@ pub enum DataError {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// A background producer thread could not start or stopped before the consumer did.
+    #[error("the {name} thread {what}")]
+    Producer {
+        /// The thread's role, e.g. `synthetic data`.
+        name: &'static str,
+        /// What happened: `could not start: …` or `stopped unexpectedly`.
+        what: String,
+    },
 }

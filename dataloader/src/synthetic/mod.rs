@@ -16,6 +16,7 @@
 
 pub mod photo;
 mod render;
+pub mod stream;
 
 use image::RgbImage;
 

@@ -194,8 +194,9 @@ impl<R: Read> Iterator for TarSamples<R> {
     }
 }
 
-/// Where a sample's caption comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Where a sample's caption comes from; written `txt` or `json:FIELD` in configs and flags.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum CaptionSource {
     /// The `txt` member (WebDataset's and img2dataset's default).
     #[default]
@@ -205,6 +206,50 @@ pub enum CaptionSource {
         /// The field's name, e.g. `caption`.
         field: String,
     },
+}
+
+impl CaptionSource {
+    /// The accepted spellings.
+    pub const ALLOWED: &'static str = "txt, or json:FIELD";
+}
+
+impl std::str::FromStr for CaptionSource {
+    type Err = crate::DataError;
+
+    fn from_str(s: &str) -> Result<Self, crate::DataError> {
+        match s.split_once(':') {
+            None if s == "txt" => Ok(CaptionSource::Txt),
+            Some(("json", field)) if !field.is_empty() => Ok(CaptionSource::Json { field: field.to_string() }),
+            _ => Err(crate::DataError::InvalidArgument {
+                name: "caption_key",
+                value: s.to_owned(),
+                allowed: Self::ALLOWED.into(),
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for CaptionSource {
+    type Error = crate::DataError;
+
+    fn try_from(s: String) -> Result<Self, crate::DataError> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for CaptionSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaptionSource::Txt => f.write_str("txt"),
+            CaptionSource::Json { field } => write!(f, "json:{field}"),
+        }
+    }
+}
+
+impl From<CaptionSource> for String {
+    fn from(c: CaptionSource) -> String {
+        c.to_string()
+    }
 }
 
 /// Turns a sample into an image–caption pair.
