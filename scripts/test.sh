@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Runs the test suite in the release profile (the one the binary is built in, so CI builds
-# every dependency once). Expects scripts/setup.sh --test to have run.
+# every dependency once), after the formatting and lint gates. Expects scripts/setup.sh --test
+# to have run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+echo "test.sh: cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "test.sh: cargo clippy --all-targets -D warnings" >&2
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace 2>&1

@@ -28,11 +28,14 @@ pub(crate) enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Train a CLIP model (one process). Without shards it trains on the built-in synthetic
-    /// image–caption data. Settings come from `--config FILE.toml`, overridden by flags.
+    /// Train a CLIP model: one worker, or one of several started by `clipfleet launch`, mpirun,
+    /// srun or a Kubernetes Indexed Job (it finds its rank in its environment). Without shards it
+    /// trains on the built-in synthetic image–caption data. Settings come from `--config
+    /// FILE.toml`, overridden by flags (one per config key).
     Train(Box<TrainArgs>),
-    /// Evaluate a checkpoint on the held-out synthetic split: zero-shot top-1/top-5,
-    /// image↔text recall@1/5/10 and the validation loss.
+    /// Evaluate a checkpoint as its run evaluated (same data, batch and transform): on the run's
+    /// validation shards (or `--val-data`), else the held-out synthetic split with zero-shot
+    /// top-1/top-5; image↔text recall@1/5/10 and the validation loss.
     Eval(EvalArgs),
     /// Embed images and/or captions with a checkpoint or OpenCLIP weights, into a safetensors file.
     Embed(EmbedArgs),
@@ -133,143 +136,15 @@ pub(crate) struct TrainArgs {
     /// A TOML config file; flags given on the command line override its keys.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Built-in model preset: tiny, small, ViT-B-32, ViT-B-16 or ViT-L-14.
-    #[arg(long)]
-    pub(crate) model: Option<String>,
-    /// An OpenCLIP model-config JSON file (instead of --model).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) model_config: Option<PathBuf>,
-    /// Tokenizer file: OpenCLIP's BPE vocabulary (bpe_simple_vocab_16e6.txt.gz) or a Hugging Face
-    /// tokenizer.json (default for OpenCLIP's 49,408-token vocabulary: CLIPFLEET_BPE_VOCAB, then .cache/).
-    #[arg(long, value_name = "PATH")]
-    pub(crate) vocab: Option<PathBuf>,
-    /// Pairs per worker per step.
-    #[arg(long)]
-    pub(crate) batch_size: Option<i64>,
-    /// Optimizer steps.
-    #[arg(long)]
-    pub(crate) steps: Option<i64>,
-    /// Peak learning rate.
-    #[arg(long)]
-    pub(crate) lr: Option<f64>,
-    /// Linear warm-up steps.
-    #[arg(long)]
-    pub(crate) warmup: Option<i64>,
-    /// Learning-rate schedule after warm-up: cosine or const.
-    #[arg(long)]
-    pub(crate) lr_scheduler: Option<String>,
-    /// AdamW weight decay (not applied to gains, biases and the logit scale).
-    #[arg(long)]
-    pub(crate) weight_decay: Option<f64>,
-    /// Clip the global gradient norm to this value.
-    #[arg(long)]
-    pub(crate) grad_clip_norm: Option<f64>,
-    /// Seed for initialisation, data order and augmentation.
-    #[arg(long)]
-    pub(crate) seed: Option<u64>,
-    /// Run folder for checkpoints, the resolved config and eval.json.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) output: Option<PathBuf>,
-    /// Write a checkpoint every N steps (0: only at the end).
-    #[arg(long, value_name = "N")]
-    pub(crate) checkpoint_every: Option<i64>,
-    /// Keep the newest K checkpoints (0: all).
-    #[arg(long, value_name = "K")]
-    pub(crate) keep_checkpoints: Option<usize>,
-    /// Evaluate every N steps (0: only at the end).
-    #[arg(long, value_name = "N")]
-    pub(crate) eval_every: Option<i64>,
-    /// Held-out pairs used by the evaluation.
-    #[arg(long, value_name = "N")]
-    pub(crate) eval_samples: Option<i64>,
-    /// Log metrics every N steps.
-    #[arg(long, value_name = "N")]
-    pub(crate) log_every: Option<i64>,
     /// Resume: `latest` (the newest checkpoint in --output, or start fresh if none) or a checkpoint/run folder.
     #[arg(long, value_name = "latest|PATH")]
     pub(crate) resume: Option<String>,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    pub(crate) device: Option<String>,
-    /// libtorch intra-op threads (0: libtorch's default).
-    #[arg(long)]
-    pub(crate) threads: Option<i64>,
-    /// Samples per epoch (default: 1,000,000 for the synthetic data; for shards, from the
-    /// sizes.json beside them; required with --dataset-resampled).
-    #[arg(long, value_name = "N")]
-    pub(crate) train_num_samples: Option<u64>,
-    /// Training shards: brace patterns joined with `::`, local paths or s3://, gs://, az://,
-    /// http(s):// URLs (WebDataset .tar or img2dataset .parquet). Unset: the synthetic data.
-    #[arg(long, value_name = "URLS")]
-    pub(crate) train_data: Option<String>,
-    /// Validation shards, read in order (retrieval recall and loss). Unset: the synthetic held-out split.
-    #[arg(long, value_name = "URLS")]
-    pub(crate) val_data: Option<String>,
-    /// Draw shards with replacement, weighted per source (needs --train-num-samples).
-    #[arg(long)]
-    pub(crate) dataset_resampled: bool,
-    /// Per-source sampling weights joined with `::`, e.g. `1::3` (with --dataset-resampled).
-    #[arg(long, value_name = "W::W")]
-    pub(crate) train_data_upsampling_factors: Option<String>,
-    /// Canonical data partitions: a multiple of the world size that divides the global batch
-    /// (default: from the shard count; a resumed run keeps its checkpoint's).
-    #[arg(long, value_name = "N")]
-    pub(crate) data_partitions: Option<usize>,
-    /// Samples per shuffle window of a data partition (default 1000).
-    #[arg(long, value_name = "N")]
-    pub(crate) shuffle_window: Option<u64>,
-    /// Decode threads (default 0: the cores divided by the local world size).
-    #[arg(long, value_name = "N")]
-    pub(crate) workers: Option<usize>,
-    /// Stop when more than this fraction of samples is skipped as bad input (default 0.01).
-    #[arg(long, value_name = "F")]
-    pub(crate) max_skip_fraction: Option<f64>,
-    /// Where WebDataset captions come from: txt (default) or json:FIELD.
-    #[arg(long, value_name = "txt|json:FIELD")]
-    pub(crate) caption_key: Option<String>,
-    /// The image column of Parquet shards (default jpg).
-    #[arg(long, value_name = "NAME")]
-    pub(crate) parquet_image_column: Option<String>,
-    /// The caption column of Parquet shards (default caption, then txt).
-    #[arg(long, value_name = "NAME")]
-    pub(crate) parquet_caption_column: Option<String>,
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, logged).
-    #[arg(long, value_name = "PORT")]
-    pub(crate) metrics_port: Option<u16>,
-    /// The address the metrics exporter binds (default 0.0.0.0).
-    #[arg(long, value_name = "IP")]
-    pub(crate) metrics_host: Option<String>,
-    /// The `job` label of every metric (default clipfleet).
-    #[arg(long, value_name = "NAME")]
-    pub(crate) job_name: Option<String>,
-    /// Precision: auto (amp_bf16 on CUDA, fp32 on the CPU), amp_bf16, pure_bf16 or fp32.
-    #[arg(long, value_name = "PRECISION")]
-    pub(crate) precision: Option<String>,
-    /// The contrastive loss: clip (softmax) or siglip (sigmoid, learnable bias; default clip).
-    #[arg(long, value_name = "clip|siglip")]
-    pub(crate) loss: Option<String>,
-    /// Micro-batches per step (OpenCLIP's --accum-freq): a step sees batch-size × accum-freq ×
-    /// world-size pairs, through gradient caching (default 1).
-    #[arg(long, value_name = "K")]
-    pub(crate) accum_freq: Option<i64>,
-    /// Rows per block of the blockwise loss (default 1024).
-    #[arg(long, value_name = "ROWS")]
-    pub(crate) loss_block_rows: Option<i64>,
-    /// Columns per tile of the blockwise loss (default: all).
-    #[arg(long, value_name = "COLS")]
-    pub(crate) loss_block_cols: Option<i64>,
-    /// Process group: auto, nccl, mpi or single (default auto: from clipfleet launch, mpirun or the device).
-    #[arg(long, value_name = "BACKEND")]
-    pub(crate) dist_backend: Option<String>,
-    /// Gradient all-reduce bucket size in MiB (default 64).
-    #[arg(long, value_name = "MIB")]
-    pub(crate) grad_bucket_mb: Option<usize>,
-    /// Compare parameter checksums across ranks every N steps and stop on a mismatch (default 0: never).
-    #[arg(long, value_name = "N")]
-    pub(crate) check_params_every: Option<i64>,
     /// Print the final evaluation as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// One flag per config key (docs/configuration.md).
+    #[command(flatten)]
+    pub(crate) overrides: clipfleet_trainer::config::TrainOverrides,
 }
 
 /// `clipfleet eval`.
@@ -289,7 +164,7 @@ pub(crate) struct EvalArgs {
     pub(crate) samples: Option<i64>,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    pub(crate) device: String,
+    pub(crate) device: clipfleet_trainer::config::DeviceSpec,
     /// BPE vocabulary file, for models with OpenCLIP's vocabulary.
     #[arg(long, value_name = "PATH")]
     pub(crate) vocab: Option<PathBuf>,
@@ -324,12 +199,17 @@ pub(crate) struct EmbedArgs {
     pub(crate) batch_size: usize,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    pub(crate) device: String,
+    pub(crate) device: clipfleet_trainer::config::DeviceSpec,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
-    /// Time full training steps (forward, loss, backward, AdamW) on random data already on the device.
+    /// Time the training step that `clipfleet train` runs (uint8 images normalised on the device,
+    /// the towers in the chosen precision, the blockwise loss, clipping, fused AdamW) on the run's
+    /// synthetic batches already on the device, with OpenCLIP's own step in the same run
+    /// (`--reference-python`).
+    ///
+    /// Example: `clipfleet bench train --model tiny --batch-size 128 --device cpu --reference-python .venv/bin/python`
     Train(BenchTrainArgs),
     /// Time the training data pipeline in images/s: read shards, decode JPEGs, RandomResizedCrop to
     /// 224, tokenize and batch, with the loader `clipfleet train` uses.
@@ -424,21 +304,35 @@ pub(crate) struct BenchTrainArgs {
     pub(crate) warmup: i64,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    pub(crate) device: String,
-    /// libtorch intra-op threads (0: default).
+    pub(crate) device: clipfleet_trainer::config::DeviceSpec,
+    /// libtorch intra-op threads (0: default); the reference uses as many.
     #[arg(long, default_value_t = 0)]
-    pub(crate) threads: i32,
+    pub(crate) threads: i64,
     /// Precision: auto (amp_bf16 on CUDA, fp32 on the CPU), amp_bf16, pure_bf16 or fp32 (TF32 on).
-    #[arg(long, default_value = "auto")]
-    pub(crate) precision: String,
-    /// Peak FLOP/s of the device in TFLOP/s, for the MFU figure. Default on CUDA: 800, the bf16
-    /// matmul peak measured on the reference H100; on the CPU no MFU is printed unless this is set.
+    #[arg(long, value_enum, default_value_t = clipfleet_trainer::config::PrecisionMode::Auto)]
+    pub(crate) precision: clipfleet_trainer::config::PrecisionMode,
+    /// The contrastive loss: clip or siglip.
+    #[arg(long, value_enum, default_value_t = clipfleet_trainer::config::LossKind::Clip)]
+    pub(crate) loss: clipfleet_trainer::config::LossKind,
+    /// Clip the global gradient norm to this value (default: no clipping, as OpenCLIP's default).
+    #[arg(long, value_name = "NORM")]
+    pub(crate) grad_clip_norm: Option<f64>,
+    /// Seed of the model and the data.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Peak FLOP/s of the device in TFLOP/s, for the MFU figure. Default: NVIDIA's datasheet
+    /// figure for the card and precision (printed with its source); none on the CPU.
     #[arg(long, value_name = "TFLOPS")]
     pub(crate) peak_tflops: Option<f64>,
-    /// Also time OpenCLIP's step on the same model, batch and device in this run, with this
-    /// python (which must have open_clip_torch), and print the ratio. fp32 only.
+    /// Also time OpenCLIP's own training step with the same model, batch, precision, loss,
+    /// clipping and optimizer on the same device in this run (before clipfleet's, so that
+    /// neither holds the other's memory), with this python (which must have
+    /// open_clip_torch), and print the ratio.
     #[arg(long, value_name = "PYTHON")]
-    pub(crate) reference_python: Option<std::path::PathBuf>,
+    pub(crate) reference_python: Option<PathBuf>,
+    /// Write the weights after the last step to this safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) save_weights: Option<PathBuf>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
@@ -524,7 +418,7 @@ pub(crate) struct ShardsInspectArgs {
     pub(crate) json: bool,
     /// Where a WebDataset caption comes from: `txt` (the `.txt` member) or `json:FIELD` (a string field of the `.json` member).
     #[arg(long, value_name = "txt|json:FIELD", default_value = "txt")]
-    pub(crate) caption: String,
+    pub(crate) caption: clipfleet_dataloader::webdataset::CaptionSource,
     /// Parquet: the binary image column; its name is the image format.
     #[arg(long, value_name = "NAME", default_value = "jpg")]
     pub(crate) image_column: String,

@@ -133,6 +133,11 @@ fn step_dir_name(step: i64) -> String {
     format!("step_{step}")
 }
 
+/// The folder of the checkpoint of optimizer step `step` in the run folder `output`.
+pub fn step_dir(output: &Path, step: i64) -> PathBuf {
+    checkpoints_dir(output).join(step_dir_name(step))
+}
+
 fn parse_step(name: &str) -> Option<i64> {
     name.strip_prefix("step_")?.parse().ok()
 }

@@ -1,38 +1,28 @@
-//! Feeding the trainer: the synthetic training stream with a bounded prefetch queue, the
-//! tokenizer choice, and the host-to-device image path (uint8 in, normalised on the device).
+//! Feeding the trainer: the training stream (the synthetic stream or the shard loader, both
+//! from `clipfleet-dataloader`), the tokenizer choice, and the host-to-device path (uint8
+//! images in, normalised on the device).
 
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use clipfleet_dataloader::batch::ImageBatch;
 use clipfleet_dataloader::loader::{Loader, LoaderState};
-use clipfleet_dataloader::sampling::EpochPermutation;
 use clipfleet_dataloader::skip::SkipCounts;
-use clipfleet_dataloader::synthetic::{Split, SyntheticDataset};
+pub use clipfleet_dataloader::synthetic::stream::DataPosition;
+use clipfleet_dataloader::synthetic::stream::SyntheticStream;
 use clipfleet_dataloader::tokenizer::bpe::default_vocab_path;
 use clipfleet_dataloader::tokenizer::word::{WordTokenizer, WORD_VOCAB_SIZE};
 use clipfleet_dataloader::tokenizer::{BpeTokenizer, Tokenizer};
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{ConfigError, Result, TrainError};
 use crate::model::ClipConfig;
+use crate::step::DeviceBatch;
 
 /// OpenCLIP's (OpenAI's) per-channel normalisation mean.
 pub const OPENAI_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenCLIP's (OpenAI's) per-channel normalisation standard deviation.
 pub const OPENAI_STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
-
-/// Where the training stream stands: the epoch and the samples of it already consumed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DataPosition {
-    /// Current epoch.
-    pub epoch: u64,
-    /// Samples of this epoch already handed to the trainer.
-    pub samples_in_epoch: u64,
-}
 
 /// One batch on the host.
 #[derive(Debug)]
@@ -60,12 +50,24 @@ pub enum TrainStream {
 
 impl TrainStream {
     /// The next batch; blocks while the producers catch up.
+    ///
+    /// # Errors
+    /// The data pipeline's errors; [`TrainError::DataEnded`] when the shard loader ends (it
+    /// only does with a fixed `train_num_samples` and no further epoch).
     pub fn next_batch(&mut self) -> Result<HostBatch> {
         match self {
-            TrainStream::Synthetic(s) => s.next_batch(),
+            TrainStream::Synthetic(s) => {
+                let b = s.next_batch()?;
+                Ok(HostBatch {
+                    images: b.images,
+                    tokens: b.tokens,
+                    labels: b.labels,
+                    position_after: b.position_after,
+                    shards_after: None,
+                })
+            }
             TrainStream::Shards(loader) => {
-                let batch =
-                    loader.next_batch()?.ok_or_else(|| TrainError::Pipeline("the training stream ended".into()))?;
+                let batch = loader.next_batch()?.ok_or(TrainError::DataEnded)?;
                 let state = batch.state_after;
                 let global = loader.config().global_batch_size as u64;
                 Ok(HostBatch {
@@ -84,6 +86,17 @@ impl TrainStream {
         match self {
             TrainStream::Synthetic(_) => None,
             TrainStream::Shards(loader) => Some(loader.skips()),
+        }
+    }
+}
+
+impl HostBatch {
+    /// Moves the batch to `device`: images stay uint8 (a quarter of the float size; the
+    /// step normalises one micro-batch at a time), tokens become int64 [b, context_length].
+    pub fn to_device(&self, context_length: i64, device: Device) -> DeviceBatch {
+        DeviceBatch {
+            images: images_to_device(&self.images, device),
+            tokens: tokens_to_tensor(&self.tokens, context_length, device),
         }
     }
 }
@@ -177,103 +190,4 @@ pub fn normalize_images(images: &Tensor) -> Tensor {
 /// Token ids to a [b, context_length] int64 tensor on `device`.
 pub fn tokens_to_tensor(tokens: &[i64], context_length: i64, device: Device) -> Tensor {
     host_to_device(Tensor::from_slice(tokens).view([-1, context_length]), device)
-}
-
-/// The settings of the synthetic training stream.
-#[derive(Debug, Clone)]
-pub struct SyntheticStreamConfig {
-    /// Image side in pixels.
-    pub image_size: u32,
-    /// Run seed.
-    pub seed: u64,
-    /// Pairs per global batch (all ranks).
-    pub batch_size: usize,
-    /// Workers sharing each global batch; this stream yields only `rank`'s rows.
-    pub world_size: usize,
-    /// This worker's rank: it gets rows `rank·b .. (rank+1)·b` of each global batch, b =
-    /// `batch_size / world_size`.
-    pub rank: usize,
-    /// Samples per epoch; an epoch is a seeded permutation of `0..num_samples`.
-    pub num_samples: u64,
-    /// Tokens per caption.
-    pub context_length: usize,
-    /// Batches prepared ahead.
-    pub prefetch: usize,
-}
-
-/// The synthetic training stream, produced on a background thread into a bounded queue
-/// (backpressure: the producer blocks when `prefetch` batches are waiting).
-///
-/// Global batch `s` of epoch `e` holds the samples at positions `[s·B, (s+1)·B)` of the
-/// permutation drawn from (seed, e); an incomplete last batch is dropped. Rank r of W gets
-/// the r-th of W equal slices. The content and augmentation of each sample depend only on
-/// (seed, epoch, sample index), so the global batch does not depend on W.
-#[derive(Debug)]
-pub struct SyntheticStream {
-    rx: Receiver<HostBatch>,
-    worker: Option<JoinHandle<()>>,
-}
-
-impl SyntheticStream {
-    /// Starts producing from `start`.
-    pub fn start(cfg: SyntheticStreamConfig, tokenizer: Arc<dyn Tokenizer>, start: DataPosition) -> Result<Self> {
-        if cfg.world_size == 0 || cfg.rank >= cfg.world_size || !cfg.batch_size.is_multiple_of(cfg.world_size) {
-            return Err(TrainError::Pipeline(format!(
-                "a global batch of {} does not split over {} ranks (rank {})",
-                cfg.batch_size, cfg.world_size, cfg.rank
-            )));
-        }
-        if cfg.num_samples < cfg.batch_size as u64 {
-            return Err(ConfigError::invalid(
-                "train_num_samples",
-                cfg.num_samples,
-                format!("at least the global batch, batch_size × accum_freq × world_size = {}", cfg.batch_size),
-            )
-            .into());
-        }
-        let (tx, rx) = sync_channel(cfg.prefetch);
-        let worker = std::thread::Builder::new()
-            .name("clipfleet-synthetic".into())
-            .spawn(move || {
-                let dataset = SyntheticDataset::new(cfg.image_size, cfg.seed);
-                let b = cfg.batch_size as u64;
-                let local = b / cfg.world_size as u64;
-                let first = local * cfg.rank as u64;
-                let mut pos = start;
-                loop {
-                    if pos.samples_in_epoch + b > cfg.num_samples {
-                        pos = DataPosition { epoch: pos.epoch + 1, samples_in_epoch: 0 };
-                    }
-                    let perm = EpochPermutation::new(cfg.seed, pos.epoch, cfg.num_samples);
-                    let indices: Vec<u64> =
-                        (first..first + local).map(|p| perm.index(pos.samples_in_epoch + p)).collect();
-                    let (images, captions, labels) = dataset.batch(Split::Train, &indices, Some(pos.epoch));
-                    let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
-                    let tokens = tokenizer.tokenize_batch(&texts, cfg.context_length);
-                    pos.samples_in_epoch += b;
-                    let batch = HostBatch { images, tokens, labels, position_after: pos, shards_after: None };
-                    if tx.send(batch).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| TrainError::Pipeline(format!("cannot start the data thread: {e}")))?;
-        Ok(SyntheticStream { rx, worker: Some(worker) })
-    }
-
-    /// The next batch; blocks while the producer catches up.
-    pub fn next_batch(&mut self) -> Result<HostBatch> {
-        self.rx.recv().map_err(|_| TrainError::Pipeline("the synthetic data thread stopped unexpectedly".into()))
-    }
-}
-
-impl Drop for SyntheticStream {
-    fn drop(&mut self) {
-        // Unblock the producer by dropping the receiver first, then join it.
-        let (_tx, rx) = sync_channel(1);
-        drop(std::mem::replace(&mut self.rx, rx));
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
-    }
 }

@@ -2,27 +2,14 @@
 
 use tch::{Cuda, Device};
 
+use crate::config::DeviceSpec;
 use crate::error::ConfigError;
 
-/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU). Asking for
-/// CUDA on a machine without it is an error, never a silent fall-back.
-pub fn parse_device(spec: &str) -> Result<Device, ConfigError> {
-    let allowed = "cpu, cuda, cuda:N, auto";
-    let device = match spec {
-        "cpu" => Device::Cpu,
-        "auto" => Device::cuda_if_available(),
-        "cuda" => Device::Cuda(0),
-        s => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => return Err(ConfigError::invalid("device", spec, allowed)),
-        },
-    };
-    Ok(device)
-}
-
-/// Like [`parse_device`], and also checks that a requested GPU exists.
-pub fn resolve_device(spec: &str) -> Result<Device, ConfigError> {
-    let device = parse_device(spec)?;
+/// The libtorch device of `spec` (`auto`: CUDA when available, else the CPU), checking that
+/// a requested GPU exists: asking for CUDA on a machine without it is an error, never a
+/// silent fall-back.
+pub fn resolve_device(spec: DeviceSpec) -> Result<Device, ConfigError> {
+    let device = spec.device();
     if let Device::Cuda(n) = device {
         let count = Cuda::device_count() as usize;
         if n >= count {

@@ -72,9 +72,80 @@ pub enum TrainError {
     /// The data pipeline failed.
     #[error(transparent)]
     Data(#[from] clipfleet_dataloader::DataError),
-    /// The data pipeline's worker stopped or could not start.
-    #[error("data pipeline: {0}")]
-    Pipeline(String),
+    /// The shard loader ended before the run's last step.
+    #[error("the training data ended before the last step (set train_num_samples, or use dataset_resampled)")]
+    DataEnded,
+    /// A batch does not split into the parts the step needs.
+    #[error("a batch of {batch} pairs does not split into {parts} {what}")]
+    BatchSplit {
+        /// Pairs in the batch.
+        batch: i64,
+        /// Parts asked for.
+        parts: i64,
+        /// What the parts are, e.g. `micro-batches (accum_freq)`.
+        what: &'static str,
+    },
+    /// The SigLIP loss needs the model's learnable logit bias.
+    #[error("the SigLIP loss needs a model with a logit bias: set init_logit_bias in the model config, or train with loss = \"siglip\" from the start")]
+    MissingLogitBias,
+    /// A parameter got no gradient from a step that should reach every parameter.
+    #[error("parameter {parameter} got no gradient")]
+    MissingGradient {
+        /// The parameter's name (OpenCLIP's state-dict key).
+        parameter: String,
+    },
+    /// The validation data holds too few pairs to evaluate.
+    #[error("the validation data holds {pairs} usable pair(s); evaluation needs 2 or more (check val_data and eval_samples)")]
+    TooFewEvalPairs {
+        /// Pairs found.
+        pairs: i64,
+    },
+    /// The workers' parameters have drifted apart (`check_params_every`).
+    #[error("the parameters differ across ranks at step {step}: rank {rank} has checksums ({mine:?}), rank 0 ({rank0:?}); the workers no longer train the same model")]
+    ParametersDiffer {
+        /// The optimizer step.
+        step: i64,
+        /// The first rank that differs from rank 0.
+        rank: usize,
+        /// Its (sum, sum of squares).
+        mine: (f64, f64),
+        /// Rank 0's.
+        rank0: (f64, f64),
+    },
+    /// The workers found different checkpoints to resume from.
+    #[error("the workers disagree on where to resume: rank {rank} found {found}, rank 0 {rank0}; every worker reads --output, so it must be a folder that all nodes see (a shared filesystem)")]
+    ResumeMismatch {
+        /// The first rank that differs from rank 0.
+        rank: usize,
+        /// What it found.
+        found: String,
+        /// What rank 0 found.
+        rank0: String,
+    },
+    /// A value could not be written or read as JSON.
+    #[error("{what}: {source}")]
+    Json {
+        /// What was being written or read.
+        what: String,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// The `fail-on-rank-R:N` test fault fired.
+    #[error("injected fault: rank {rank} fails at step {step}")]
+    InjectedFault {
+        /// The failing rank.
+        rank: usize,
+        /// The step it fails at.
+        step: i64,
+    },
+    /// The OpenCLIP reference of a benchmark could not run or printed no result.
+    #[error("the OpenCLIP reference ({python}): {reason}")]
+    Reference {
+        /// The python that ran it.
+        python: PathBuf,
+        /// What went wrong: its last stderr line, or the missing script.
+        reason: String,
+    },
     /// The Prometheus exporter could not be set up or could not listen.
     #[error("metrics exporter: {0}")]
     Metrics(String),

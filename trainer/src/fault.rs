@@ -8,6 +8,9 @@
 //! - `fail-on-rank-R:N`: worker rank R returns an error at the start of step N (the other
 //!   workers carry on into their collectives), as a one-rank failure would.
 //!
+//! - `stop-on-rank-R:N`: worker rank R requests a stop before step N, as a preemption
+//!   signal would; every rank ends the run at the boundary after that step, with a checkpoint.
+//!
 //! Unset (the normal case) costs one environment lookup per checkpoint and one per run.
 
 /// Where a fault can be injected.
@@ -46,8 +49,16 @@ pub fn maybe_inject(point: FaultPoint, step: i64) {
     }
 }
 
-/// The `fail-on-rank-R:N` fault, read once per run: `Some((R, N))` when configured.
+/// The `fail-on-rank-R:N` fault, read once per step: `Some((R, N))` when configured.
 pub fn rank_failure() -> Option<(usize, i64)> {
     let (kind, step) = configured()?;
     Some((kind.strip_prefix("fail-on-rank-")?.parse().ok()?, step))
+}
+
+/// The `stop-on-rank-R:N` fault, read once per step: `Some((R, N))` when configured. Rank R
+/// requests a stop (as a preemption signal would) before step N, so that the run ends at
+/// the boundary after it on every rank.
+pub fn stop_request() -> Option<(usize, i64)> {
+    let (kind, step) = configured()?;
+    Some((kind.strip_prefix("stop-on-rank-")?.parse().ok()?, step))
 }

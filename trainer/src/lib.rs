@@ -4,11 +4,13 @@
 //!
 //! Every tensor path runs on the CPU; CUDA is chosen at run time through `device`.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod dist;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod fault;
@@ -17,9 +19,9 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod precision;
+pub mod run;
 pub mod shim;
 pub mod step;
-pub mod train;
 
 pub use config::TrainConfig;
 pub use error::{ConfigError, Result, TrainError};

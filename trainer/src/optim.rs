@@ -232,8 +232,9 @@ impl AdamW {
 }
 
 /// The learning-rate schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum LrScheduler {
     /// Linear warm-up, then cosine decay to 0 (OpenCLIP `cosine_lr`).
     Cosine,

@@ -22,7 +22,10 @@ use std::time::Instant;
 
 use tch::{Kind, Tensor};
 
+use clipfleet_dataloader::rng::Rng;
+
 use crate::config::LossKind;
+use crate::data::normalize_images;
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::loss::blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
@@ -47,6 +50,59 @@ pub struct StepOutput {
     pub loss: Tensor,
     /// Time in collectives.
     pub times: CollectiveTimes,
+}
+
+/// One step's batch on the device, owned by the step that consumes it.
+#[derive(Debug)]
+pub struct DeviceBatch {
+    /// This rank's images: uint8 [b, H, W, 3] (normalised by the step), or float
+    /// [b, 3, H, W] already normalised.
+    pub images: Tensor,
+    /// This rank's token ids, int64 [b, context_length].
+    pub tokens: Tensor,
+}
+
+impl DeviceBatch {
+    /// Pairs in the batch.
+    pub fn len(&self) -> i64 {
+        self.images.size()[0]
+    }
+
+    /// Whether the batch holds no pair.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The image tower's input: uint8 NHWC images are normalised on their device; float images
+/// are taken as they are.
+fn model_input(images: &Tensor) -> Tensor {
+    if images.kind() == Kind::Uint8 {
+        normalize_images(images)
+    } else {
+        images.shallow_clone()
+    }
+}
+
+const TORCH_SEED_STREAM: u64 = 0x7463_685f_7365_6564; // "tch_seed"
+
+/// How libtorch's generator is seeded before each micro-batch's forward pass: from (seed,
+/// step, micro-batch), so stochastic ops replay identically in gradient caching's second
+/// forward pass and after a resume, without storing generator state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RngReplay {
+    /// The run seed.
+    pub seed: u64,
+    /// The optimizer step.
+    pub step: i64,
+}
+
+impl RngReplay {
+    /// Seeds libtorch's generator for micro-batch `micro`.
+    pub fn seed_micro(self, micro: i64) {
+        let s = Rng::from_key(&[self.seed, self.step as u64, TORCH_SEED_STREAM, micro as u64]).next_u64();
+        tch::manual_seed((s >> 1) as i64);
+    }
 }
 
 /// The distributed contrastive step: the loss, its tiles and the process group.
@@ -75,29 +131,20 @@ impl std::fmt::Debug for ContrastiveStep<'_> {
 
 impl ContrastiveStep<'_> {
     /// Accumulates into the parameters' gradients (zero them first) the gradient of the
-    /// global batch's loss, and all-reduces them over the ranks. `images` and `tokens` are
-    /// this rank's rows, split into `accum` equal micro-batches; `prepare` turns a slice of
-    /// `images` into the image tower's input, one micro-batch at a time (so only the
-    /// micro-batch is held in float); `seed_micro(j)` is called before each forward pass of
-    /// micro-batch j, so stochastic ops replay identically.
+    /// global batch's loss, and all-reduces them over the ranks. `batch` holds this rank's
+    /// rows, split into `accum` equal micro-batches; its images are normalised on the device
+    /// one micro-batch at a time (so only the micro-batch is held in float), and `replay`
+    /// re-seeds libtorch's generator before each forward pass of a micro-batch, so stochastic
+    /// ops replay identically in gradient caching's second pass.
     ///
     /// # Shapes
-    /// `images`: [b, …] (what `prepare` takes, e.g. uint8 [b, H, W, 3]), `prepare(images)`:
-    /// [b', 3, H, W] float, `tokens`: [b, context_length] int64, b divisible by `accum`.
-    pub fn backward(
-        &self,
-        model: &Clip,
-        images: &Tensor,
-        prepare: &dyn Fn(&Tensor) -> Tensor,
-        tokens: &Tensor,
-        accum: i64,
-        seed_micro: &dyn Fn(i64),
-    ) -> Result<StepOutput> {
+    /// `batch.images`: [b, H, W, 3] uint8 (or [b, 3, H, W] float, taken as normalised),
+    /// `batch.tokens`: [b, context_length] int64, b divisible by `accum`.
+    pub fn backward(&self, model: &Clip, batch: &DeviceBatch, accum: i64, replay: RngReplay) -> Result<StepOutput> {
+        let (images, tokens) = (&batch.images, &batch.tokens);
         let b = images.size()[0];
         if accum < 1 || b % accum != 0 {
-            return Err(TrainError::Pipeline(format!(
-                "a local batch of {b} does not split into {accum} micro-batches"
-            )));
+            return Err(TrainError::BatchSplit { batch: b, parts: accum, what: "micro-batches (accum_freq)" });
         }
         let micro = b / accum;
         let slice = |t: &Tensor, j: i64| t.narrow(0, j * micro, micro);
@@ -106,8 +153,8 @@ impl ContrastiveStep<'_> {
         // 1. Features: with a graph to reuse when there is one micro-batch, else cached without.
         let mut kept = None;
         let (image_local, text_local) = if accum == 1 {
-            seed_micro(0);
-            let (fi, ft) = self.precision.forward(|| model.forward(&prepare(images), tokens));
+            replay.seed_micro(0);
+            let (fi, ft) = self.precision.forward(|| model.forward(&model_input(images), tokens));
             let detached = (fi.detach(), ft.detach());
             kept = Some((fi, ft));
             detached
@@ -116,9 +163,9 @@ impl ContrastiveStep<'_> {
             let mut fts = Vec::with_capacity(accum as usize);
             tch::no_grad(|| {
                 for j in 0..accum {
-                    seed_micro(j);
+                    replay.seed_micro(j);
                     let (fi, ft) =
-                        self.precision.forward(|| model.forward(&prepare(&slice(images, j)), &slice(tokens, j)));
+                        self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
                     fis.push(fi);
                     fts.push(ft);
                 }
@@ -151,9 +198,7 @@ impl ContrastiveStep<'_> {
         let grads: LossGradients = match self.loss {
             crate::config::LossKind::Clip => clip_loss_blockwise(&batch, &scale, self.blocks)?,
             crate::config::LossKind::Siglip => {
-                let bias = model.logit_bias().ok_or_else(|| {
-                    TrainError::Pipeline("the SigLIP loss needs a model with a logit bias (init_logit_bias)".into())
-                })?;
+                let bias = model.logit_bias().ok_or(TrainError::MissingLogitBias)?;
                 siglip_loss_blockwise(&batch, &scale, &bias.detach().to_kind(Kind::Float), self.blocks)?
             }
         };
@@ -175,9 +220,9 @@ impl ContrastiveStep<'_> {
             Some((fi, ft)) => surrogate(&fi, &ft, &g_image, &g_text).backward(),
             None => {
                 for j in 0..accum {
-                    seed_micro(j);
+                    replay.seed_micro(j);
                     let (fi, ft) =
-                        self.precision.forward(|| model.forward(&prepare(&slice(images, j)), &slice(tokens, j)));
+                        self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
                     surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)).backward();
                 }
             }
@@ -263,13 +308,10 @@ pub fn check_parameters_agree(group: &dyn ProcessGroup, model: &Clip, step: i64)
     });
     let local = Tensor::from_slice(&[sum, squares]).view([1, 2]).to_device(model.device());
     let all = group.all_gather(&local)?.to_device(tch::Device::Cpu);
-    let all: Vec<f64> = Vec::<f64>::try_from(all.reshape([-1])).map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    let all: Vec<f64> = Vec::<f64>::try_from(all.reshape([-1]))?;
     for (rank, pair) in all.chunks(2).enumerate().skip(1) {
         if pair[0].to_bits() != all[0].to_bits() || pair[1].to_bits() != all[1].to_bits() {
-            return Err(TrainError::Pipeline(format!(
-                "the parameters differ across ranks at step {step}: rank {rank} has checksums ({:e}, {:e}), rank 0 ({:e}, {:e})",
-                pair[0], pair[1], all[0], all[1]
-            )));
+            return Err(TrainError::ParametersDiffer { step, rank, mine: (pair[0], pair[1]), rank0: (all[0], all[1]) });
         }
     }
     tracing::debug!(step, checksum = sum, "parameters agree across ranks");
@@ -283,13 +325,12 @@ pub fn all_gather_bytes(group: &dyn ProcessGroup, bytes: &[u8], device: tch::Dev
         return Ok(vec![bytes.to_vec()]);
     }
     let len = Tensor::from_slice(&[bytes.len() as f64]).to_device(device);
-    let lens = Vec::<f64>::try_from(group.all_gather(&len)?.to_device(tch::Device::Cpu))
-        .map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    let lens = Vec::<f64>::try_from(group.all_gather(&len)?.to_device(tch::Device::Cpu))?;
     let longest = lens.iter().fold(0.0f64, |a, &b| a.max(b)) as usize;
     let mut padded: Vec<f32> = bytes.iter().map(|&b| b as f32).collect();
     padded.resize(longest.max(1), 0.0);
     let all = group.all_gather(&Tensor::from_slice(&padded).to_device(device))?.to_device(tch::Device::Cpu);
-    let all = Vec::<f32>::try_from(all).map_err(|e| TrainError::Pipeline(e.to_string()))?;
+    let all = Vec::<f32>::try_from(all)?;
     Ok(all
         .chunks(longest.max(1))
         .zip(lens)

@@ -3,10 +3,11 @@
 use anyhow::{bail, Context};
 use clipfleet_dataloader::batch::ImageBatch;
 use clipfleet_dataloader::transform::resize_short_side_center_crop;
-use clipfleet_trainer::data::{images_to_tensor, tokenizer_for, tokens_to_tensor};
+use clipfleet_trainer::data::tokenizer_for;
 use clipfleet_trainer::device::resolve_device;
-use clipfleet_trainer::model::{l2_normalize, resolve_model, Clip};
-use tch::{Device, Kind, Tensor};
+use clipfleet_trainer::embed::{embed_images, embed_texts};
+use clipfleet_trainer::model::{resolve_model, Clip};
+use tch::Tensor;
 
 use crate::cli::EmbedArgs;
 
@@ -27,7 +28,7 @@ pub(crate) fn run(args: EmbedArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("invalid value 0 for `--batch-size`: allowed an integer >= 1");
     }
-    let device = resolve_device(&args.device)?;
+    let device = resolve_device(args.device)?;
     let config = resolve_model(args.model.as_deref(), args.model_config.as_deref())?;
     let mut model = Clip::new(&config, device)?;
     model.load_safetensors(&args.weights)?;
@@ -35,14 +36,11 @@ pub(crate) fn run(args: EmbedArgs) -> anyhow::Result<()> {
 
     if !args.images.is_empty() {
         let size = config.vision_cfg.image_size as u32;
-        let mut chunks = Vec::new();
-        for paths in args.images.chunks(args.batch_size) {
+        let batches = args.images.chunks(args.batch_size).map(|paths| -> anyhow::Result<ImageBatch> {
             let images = paths.iter().map(|p| load_image(p, size)).collect::<anyhow::Result<Vec<_>>>()?;
-            let batch = ImageBatch::from_images(&images)?;
-            let emb = tch::no_grad(|| l2_normalize(&model.encode_image(&images_to_tensor(&batch, device))));
-            chunks.push(emb.to_kind(Kind::Float).to_device(Device::Cpu));
-        }
-        outputs.push(("image_embeddings".into(), Tensor::cat(&chunks, 0)));
+            Ok(ImageBatch::from_images(&images)?)
+        });
+        outputs.push(("image_embeddings".into(), embed_images(&model, batches)?));
     }
     if let Some(path) = &args.texts {
         let text =
@@ -52,14 +50,7 @@ pub(crate) fn run(args: EmbedArgs) -> anyhow::Result<()> {
             bail!("{} holds no captions (one per line expected)", path.display());
         }
         let tokenizer = tokenizer_for(&config, args.vocab.as_deref())?;
-        let ctx = config.text_cfg.context_length;
-        let mut chunks = Vec::new();
-        for batch in captions.chunks(args.batch_size) {
-            let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(batch, ctx as usize), ctx, device);
-            let emb = tch::no_grad(|| l2_normalize(&model.encode_text(&tokens)));
-            chunks.push(emb.to_kind(Kind::Float).to_device(Device::Cpu));
-        }
-        outputs.push(("text_embeddings".into(), Tensor::cat(&chunks, 0)));
+        outputs.push(("text_embeddings".into(), embed_texts(&model, tokenizer.as_ref(), &captions, args.batch_size)));
     }
     let tmp = args.output.with_extension("safetensors.tmp");
     Tensor::write_safetensors(&outputs, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;

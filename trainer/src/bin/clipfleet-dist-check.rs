@@ -18,7 +18,7 @@
 
 use std::process::ExitCode;
 
-use clipfleet_trainer::config::LossKind;
+use clipfleet_trainer::config::{LossKind, PrecisionMode};
 use clipfleet_trainer::dist::{self, collective_check, gradient_check, Backend, LaunchMode};
 use clipfleet_trainer::loss::blockwise::BlockSizes;
 use tch::Device;
@@ -109,10 +109,14 @@ fn devices(args: &[String]) -> Result<String, String> {
         _ => return Err(usage()),
     };
     let batch: i64 = args.get(1).and_then(|b| b.parse().ok()).ok_or_else(usage)?;
-    let device =
-        clipfleet_trainer::device::resolve_device(args.get(2).ok_or_else(usage)?).map_err(|e| e.to_string())?;
-    let precision = clipfleet_trainer::precision::Precision::resolve(args.get(3).ok_or_else(usage)?, device)
+    let device = args
+        .get(2)
+        .ok_or_else(usage)?
+        .parse()
+        .and_then(clipfleet_trainer::device::resolve_device)
         .map_err(|e| e.to_string())?;
+    let mode = <PrecisionMode as clap::ValueEnum>::from_str(args.get(3).ok_or_else(usage)?, false)?;
+    let precision = clipfleet_trainer::precision::Precision::resolve(mode, device).map_err(|e| e.to_string())?;
     let r = gradient_check::compare_devices(loss, batch, device, precision).map_err(|e| e.to_string())?;
     Ok(format!(
         "{loss:?} b={batch} {device:?} {} vs CPU fp32: max relative gradient error {:.3e}, loss relative error {:.3e}",

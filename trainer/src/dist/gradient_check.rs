@@ -13,7 +13,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::blockwise::BlockSizes;
 use crate::loss::{clip_loss_global, siglip_loss, ContrastiveBatch};
 use crate::model::{Clip, ClipConfig};
-use crate::step::{broadcast_parameters, ContrastiveStep};
+use crate::step::{broadcast_parameters, ContrastiveStep, DeviceBatch, RngReplay};
 
 /// What the check measured on one rank.
 #[derive(Debug, Clone, Copy)]
@@ -51,15 +51,15 @@ pub fn check_gradients(
         ContrastiveStep { precision: crate::precision::Precision::Fp32, group, loss, blocks, bucket_bytes: 1 << 20 };
     let rows = |t: &Tensor| t.narrow(0, rank * local_batch, local_batch);
     zero_grads(&model);
-    let out =
-        step.backward(&model, &rows(&images), &|x| x.shallow_clone(), &rows(&tokens), accum, &|_| tch::manual_seed(3))?;
+    let batch = DeviceBatch { images: rows(&images), tokens: rows(&tokens) };
+    let out = step.backward(&model, &batch, accum, RngReplay { seed: 3, step: 0 })?;
     let mut dist_loss = out.loss.to_kind(Kind::Double).view([1]);
     group.all_reduce(&mut dist_loss, crate::dist::ReduceOp::Avg)?;
     let mut dist_grads = Vec::new();
     for (name, p) in model.named_parameters() {
         let g = p.grad();
         if !g.defined() {
-            return Err(TrainError::Pipeline(format!("parameter {name} got no gradient from the distributed step")));
+            return Err(TrainError::MissingGradient { parameter: name });
         }
         dist_grads.push(g.copy());
     }
@@ -71,7 +71,7 @@ pub fn check_gradients(
     let reference = match loss {
         LossKind::Clip => clip_loss_global(&fi, &ft, &scale),
         LossKind::Siglip => {
-            let bias = model.logit_bias().ok_or_else(|| TrainError::Pipeline("no logit bias".into()))?;
+            let bias = model.logit_bias().ok_or(TrainError::MissingLogitBias)?;
             siglip_loss(&ContrastiveBatch::local(&fi, &ft), &scale, bias)
         }
     };
@@ -81,7 +81,7 @@ pub fn check_gradients(
     for ((name, p), got) in params.iter().zip(&dist_grads) {
         let want = p.grad();
         if !want.defined() || !got.defined() {
-            return Err(TrainError::Pipeline(format!("parameter {name} has no gradient")));
+            return Err(TrainError::MissingGradient { parameter: name.clone() });
         }
         let denom = want.to_kind(Kind::Double).norm().double_value(&[]).max(1e-30);
         let err = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).norm().double_value(&[]) / denom;
@@ -156,14 +156,8 @@ pub fn compare_devices(
         let step =
             ContrastiveStep { precision, group: &single, loss, blocks: BlockSizes::default(), bucket_bytes: 1 << 20 };
         zero_grads(&model);
-        let out = step.backward(
-            &model,
-            &images.to_device(device),
-            &|x| x.shallow_clone(),
-            &tokens.to_device(device),
-            1,
-            &|_| tch::manual_seed(3),
-        )?;
+        let batch = DeviceBatch { images: images.to_device(device), tokens: tokens.to_device(device) };
+        let out = step.backward(&model, &batch, 1, RngReplay { seed: 3, step: 0 })?;
         let grads = model
             .named_parameters()
             .iter()

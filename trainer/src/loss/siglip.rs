@@ -12,10 +12,7 @@ use tch::Tensor;
 
 use super::ContrastiveBatch;
 
-/// OpenCLIP's initial log logit scale for SigLIP, θ = ln 10.
-pub const SIGLIP_INIT_LOGIT_SCALE: f64 = std::f64::consts::LN_10;
-/// OpenCLIP's initial SigLIP logit bias, β = −10.
-pub const SIGLIP_INIT_LOGIT_BIAS: f64 = -10.0;
+pub use crate::model::config::{SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE};
 
 /// The SigLIP loss of one rank: −Σ log σ(y·z) / b over z = s·I_r·Tᵀ + β, with y = +1 at
 /// (i, row_offset + i) and −1 elsewhere. Only the image rows are local; `text_local` and

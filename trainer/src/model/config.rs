@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, TrainError};
 
+/// OpenCLIP's initial log logit scale for SigLIP models, θ = ln 10.
+pub const SIGLIP_INIT_LOGIT_SCALE: f64 = std::f64::consts::LN_10;
+/// OpenCLIP's initial SigLIP logit bias, β = −10.
+pub const SIGLIP_INIT_LOGIT_BIAS: f64 = -10.0;
+
 /// The image tower: a ViT (`open_clip.transformer.VisionTransformer`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,8 +332,8 @@ impl ClipConfig {
     /// θ = ln 10 and β = −10 where the config sets none, which also creates the
     /// `logit_bias` parameter. CLIP configs (and their checkpoints) are left as they are.
     pub fn with_siglip_init(mut self) -> Self {
-        self.init_logit_scale.get_or_insert(crate::loss::SIGLIP_INIT_LOGIT_SCALE);
-        self.init_logit_bias.get_or_insert(crate::loss::SIGLIP_INIT_LOGIT_BIAS);
+        self.init_logit_scale.get_or_insert(SIGLIP_INIT_LOGIT_SCALE);
+        self.init_logit_bias.get_or_insert(SIGLIP_INIT_LOGIT_BIAS);
         self
     }
 

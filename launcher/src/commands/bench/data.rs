@@ -7,7 +7,6 @@
 //! reference: the first batch of each DataLoader worker), so that start-up is left out, and
 //! stops at the last timed batch.
 
-mod host;
 mod measure;
 mod reference;
 mod shards;
@@ -59,7 +58,7 @@ struct BenchDataReport {
 
 pub(crate) fn run(args: BenchDataArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch_size >= 1 && args.batches >= 1, "--batch-size and --batches must be at least 1");
-    let allowed = host::allowed_cpus();
+    let allowed = super::host::allowed_cpus();
     let threads = if args.threads == 0 { allowed.len().max(1) } else { args.threads };
     let cores = threads.min(allowed.len()).max(1);
     let tokenizer = match args.vocab.clone().or_else(default_vocab_path) {
@@ -106,14 +105,14 @@ pub(crate) fn run(args: BenchDataArgs) -> anyhow::Result<()> {
     };
 
     if cores < allowed.len() {
-        host::pin_to(&allowed[..cores]).context("pinning to --threads cores")?;
+        super::host::pin_to(&allowed[..cores]).context("pinning to --threads cores")?;
     }
     tracing::info!(threads, cores, urls = %run.urls, "timing the clipfleet loader");
     let timing = time_loader(&run, tokenizer)?;
 
     let with_reference = !args.no_reference && (args.train_data.is_none() || args.reference);
     let reference = if with_reference {
-        let python = args.reference_python.clone().unwrap_or_else(reference::default_python);
+        let python = args.reference_python.clone().unwrap_or_else(super::reference::default_python);
         // The reference sizes its own epoch (it warms up one batch per worker) unless told.
         let reference_run = LoaderRun { num_samples: args.train_num_samples, ..run.clone() };
         tracing::info!(workers = threads, "timing the OpenCLIP reference");
@@ -126,7 +125,7 @@ pub(crate) fn run(args: BenchDataArgs) -> anyhow::Result<()> {
     let ips = timing.images_per_second;
     let reference_ips = reference.as_ref().and_then(|r| r["images_per_second"].as_f64());
     let report = BenchDataReport {
-        cpu_model: host::cpu_model(),
+        cpu_model: clipfleet_trainer::bench::memory::cpu_model(),
         cores,
         threads,
         batch_size: args.batch_size,

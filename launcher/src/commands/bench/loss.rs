@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use clipfleet_trainer::bench::PeakMemory;
 use clipfleet_trainer::device::resolve_device;
 use clipfleet_trainer::loss::{
     clip_loss, clip_loss_blockwise, siglip_loss, siglip_loss_blockwise, BlockSizes, ContrastiveBatch, LossGradients,
@@ -145,32 +146,6 @@ struct LossReport {
     rows: Vec<LossRow>,
 }
 
-/// The CPU model from `/proc/cpuinfo`, or `unknown`.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
-fn proc_status_bytes(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
-    let kib: u64 = line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Resets the peak resident set (`VmHWM`) to the current one (Linux ≥ 4.0).
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 /// `--local-batch`, or the default for the device: 256, 1,024 (and N on CUDA), at most N.
 fn local_batches(args: &BenchLossArgs, device: Device) -> Vec<i64> {
     if !args.local_batch.is_empty() {
@@ -253,10 +228,10 @@ fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossR
         }
     };
     sync();
-    let baseline = proc_status_bytes("VmRSS");
+    let mut memory = PeakMemory::start(Device::Cpu)?;
     run_form(b.min(args.block_size))?; // warm-up: one block
     sync();
-    let can_reset = reset_peak_rss();
+    memory.reset_peak()?;
     let start = Instant::now();
     let mut loss = f64::NAN;
     for _ in 0..args.repeats {
@@ -264,10 +239,7 @@ fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossR
     }
     sync();
     let seconds = start.elapsed().as_secs_f64() / f64::from(args.repeats);
-    let peak_extra_bytes = match (device, can_reset, baseline, proc_status_bytes("VmHWM")) {
-        (Device::Cpu, true, Some(base), Some(peak)) => Some(peak.saturating_sub(base)),
-        _ => None,
-    };
+    let peak_extra_bytes = if device == Device::Cpu { memory.peak_extra_bytes() } else { None };
     let matmuls = match args.loss {
         BenchLossKind::Clip => 6 + if args.block_cols.is_some_and(|c| c < n) { 2 } else { 0 },
         BenchLossKind::Siglip => 3,
@@ -328,7 +300,7 @@ fn gib(bytes: f64) -> String {
 /// `clipfleet bench loss`.
 pub(crate) fn run(args: BenchLossArgs) -> anyhow::Result<()> {
     validate(&args)?;
-    let device = resolve_device(&args.device)?;
+    let device = resolve_device(args.device.parse()?)?;
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
@@ -353,7 +325,7 @@ pub(crate) fn run(args: BenchLossArgs) -> anyhow::Result<()> {
         device: format!("{device:?}"),
         dtype: "float32".into(),
         threads: tch::get_num_threads(),
-        cpu_model: cpu_model(),
+        cpu_model: clipfleet_trainer::bench::memory::cpu_model(),
         nxn_matrix_bytes: args.global_batch * args.global_batch * F32,
         rows,
     };

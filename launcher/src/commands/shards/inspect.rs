@@ -54,7 +54,7 @@ impl ShardReport {
 }
 
 pub(super) fn run(args: ShardsInspectArgs) -> anyhow::Result<()> {
-    let caption = parse_caption(&args.caption)?;
+    let caption = args.caption.clone();
     let mut urls = Vec::new();
     for spec in &args.urls {
         for source in parse_sources(spec, None).with_context(|| format!("expanding {spec:?}"))? {
@@ -94,14 +94,6 @@ pub(super) fn run(args: ShardsInspectArgs) -> anyhow::Result<()> {
         println!("total: {} shard(s), {samples} samples{}", urls.len(), skips_text(&skipped));
     }
     Ok(())
-}
-
-fn parse_caption(value: &str) -> anyhow::Result<CaptionSource> {
-    match value.split_once(':') {
-        None if value == "txt" => Ok(CaptionSource::Txt),
-        Some(("json", field)) if !field.is_empty() => Ok(CaptionSource::Json { field: field.to_string() }),
-        _ => bail!("invalid value {value:?} for `--caption`: allowed `txt` or `json:FIELD` (e.g. json:caption)"),
-    }
 }
 
 fn is_parquet(url: &str) -> bool {

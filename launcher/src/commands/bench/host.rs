@@ -1,17 +1,4 @@
-//! The machine a benchmark runs on: its CPU model, and pinning the process to some cores.
-
-/// The CPU model from `/proc/cpuinfo` (`model name`), or `unknown`.
-pub(crate) fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
-}
+//! The cores a benchmark runs on: the process's CPU affinity, and pinning it to some cores.
 
 /// The CPUs this process may run on (its affinity mask), in increasing order.
 pub(crate) fn allowed_cpus() -> Vec<usize> {

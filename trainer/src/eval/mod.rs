@@ -1,6 +1,15 @@
 //! Evaluation: image↔text retrieval and the validation loss on held-out pairs (the synthetic
 //! held-out split or `val_data` shards), and zero-shot classification with prompt templates
 //! on the synthetic classes.
+//!
+//! [`EvalPlan`] is the one place that decides what an evaluation reads: the run evaluates
+//! with [`EvalPlan::for_run`], `clipfleet eval` with [`EvalPlan::for_checkpoint`], and both
+//! give the same data, batch and transform, so a run's `eval.json` equals `clipfleet eval`
+//! on its checkpoint.
+
+mod plan;
+
+pub use plan::{evaluate_checkpoint, log_eval, CheckpointEval, EvalData, EvalPlan};
 
 use std::sync::Arc;
 
@@ -128,7 +137,7 @@ pub fn evaluate_shards(
 /// Runs the evaluation over `batches`; zero-shot classification when every batch has labels.
 ///
 /// # Errors
-/// The first error of `batches`; [`TrainError::Pipeline`] when they hold fewer than 2 pairs.
+/// The first error of `batches`; [`TrainError::TooFewEvalPairs`] when they hold fewer than 2 pairs.
 pub fn evaluate_batches(
     model: &Clip,
     batches: impl Iterator<Item = Result<EvalBatch>>,
@@ -163,9 +172,7 @@ pub fn evaluate_batches(
         }
         let samples: i64 = image_feats.iter().map(|t| t.size()[0]).sum();
         if samples < 2 {
-            return Err(TrainError::Pipeline(format!(
-                "the validation data holds {samples} usable pair(s); evaluation needs 2 or more"
-            )));
+            return Err(TrainError::TooFewEvalPairs { pairs: samples });
         }
         let images = Tensor::cat(&image_feats, 0);
         let texts = Tensor::cat(&text_feats, 0);

@@ -1,0 +1,373 @@
+//! The training configuration: a TOML file whose keys the CLI flags override.
+//!
+//! Every key is declared once, in [`declare_train_config!`]'s invocation below: its type,
+//! default, doc and flag. From that declaration come the [`TrainConfig`] struct (the TOML
+//! keys), [`TrainOverrides`] (the `clipfleet train` flags, one per key) and the table of
+//! `docs/configuration.md` ([`reference_table`], checked by a test). Unknown keys are
+//! rejected by the parser with the key named; closed sets are types ([`values`]), so a bad
+//! value is rejected at parse time with the key and the allowed values named; out-of-range
+//! numbers are rejected by [`TrainConfig::validate`], also naming the key.
+
+#[macro_use]
+mod declare;
+mod reference;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+
+use clipfleet_dataloader::loader::DataSpec;
+use clipfleet_dataloader::webdataset::CaptionSource;
+use serde::{Deserialize, Serialize};
+
+pub use reference::reference_table;
+pub use values::{BackendChoice, DeviceSpec, LossKind, PrecisionMode};
+
+use crate::error::{ConfigError, Result, TrainError};
+use crate::model::{ClipConfig, PRESET_NAMES};
+use crate::optim::{AdamWConfig, LrScheduler};
+
+declare_train_config! {
+    /// `tiny`, `small`, `ViT-B-32`, `ViT-B-16`, `ViT-L-14` ([presets](#built-in-presets)); ignored when
+    /// `model_config` is set
+    [value_name = "NAME"] model: plain String = "tiny".into();
+    /// an OpenCLIP model-config JSON file ([format](#model-config-json))
+    [value_name = "FILE"] model_config: optional PathBuf = None;
+    /// a tokenizer file: `bpe_simple_vocab_16e6.txt.gz` (OpenCLIP BPE) or a Hugging Face
+    /// `tokenizer.json` ([tokenizer](#tokenizer-selection))
+    [value_name = "PATH"] vocab: optional PathBuf = None;
+    /// ≥ 1; pairs per micro-batch per worker (OpenCLIP's `--batch-size`). A step's global batch is
+    /// `batch_size × accum_freq × world_size`
+    [value_name = "N"] batch_size: plain i64 = 128;
+    /// ≥ 1; optimizer steps, counted from the start of the run, resumed runs included
+    [value_name = "N"] steps: plain i64 = 1000;
+    /// finite, > 0; the peak learning rate
+    [value_name = "LR"] lr: plain f64 = 5e-4;
+    /// ≥ 0; steps of linear warm-up
+    [value_name = "N"] warmup: plain i64 = 100;
+    /// `cosine` (warm-up, then cosine decay to 0 at `steps`) or `const` (warm-up, then `lr`)
+    [value_name = "NAME"] lr_scheduler: plain LrScheduler = LrScheduler::Cosine;
+    /// in [0, 1); AdamW β₁
+    [value_name = "B1"] beta1: plain f64 = AdamWConfig::default().beta1;
+    /// in [0, 1); AdamW β₂
+    [value_name = "B2"] beta2: plain f64 = AdamWConfig::default().beta2;
+    /// finite, > 0; AdamW ε
+    [value_name = "EPS"] eps: plain f64 = AdamWConfig::default().eps;
+    /// finite, ≥ 0; AdamW's decoupled weight decay, not applied to gains, biases and the logit scale
+    [value_name = "WD"] weight_decay: plain f64 = AdamWConfig::default().weight_decay;
+    /// `auto` (`amp_bf16` on CUDA, `fp32` on the CPU), `amp_bf16` (fp32 weights, CUDA autocast to
+    /// bfloat16, as OpenCLIP's default), `pure_bf16` (bfloat16 weights, moments and compute) or `fp32`.
+    /// `amp_bf16` on the CPU is an error. The loss is always computed in fp32, and checkpoints hold
+    /// fp32 weights
+    [value_name = "MODE"] precision: plain PrecisionMode = PrecisionMode::Auto;
+    /// allow TF32 in cuBLAS matmuls and cuDNN convolutions (CUDA), as OpenCLIP does
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] tf32: plain bool = true;
+    /// run AdamW as libtorch's fused kernel (`torch.optim.AdamW(fused=True)`); `false` runs it as per-
+    /// parameter ops. Same update, same checkpoint format
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] fused_adamw: plain bool = true;
+    /// finite, > 0; to leave it unset, omit the key (TOML has no null)
+    [value_name = "NORM"] grad_clip_norm: optional f64 = None;
+    /// 0 … 2⁶³−1 in TOML; seeds the initialisation, the data order and the augmentation
+    [value_name = "N"] seed: plain u64 = 0;
+    /// the run folder ([contents](operations.md#the-run-folder))
+    [value_name = "DIR"] output: plain PathBuf = PathBuf::from("runs/default");
+    /// ≥ 0; a checkpoint every N steps. 0 means only the final one, which is always written
+    [value_name = "N"] checkpoint_every: plain i64 = 500;
+    /// ≥ 0; keep the newest K committed checkpoints, or all of them with 0
+    [value_name = "K"] keep_checkpoints: plain usize = 3;
+    /// ≥ 0; evaluate (and log) every N steps. 0 means only the final evaluation, which always runs
+    [value_name = "N"] eval_every: plain i64 = 0;
+    /// ≥ 2; held-out pairs used by each evaluation
+    [value_name = "N"] eval_samples: plain i64 = 1000;
+    /// ≥ 1; log the training metrics every N steps (and at the last step)
+    [value_name = "N"] log_every: plain i64 = 20;
+    /// `cpu`, `cuda` (= `cuda:0`), `cuda:N`, or `auto` (CUDA if libtorch sees a GPU, else CPU)
+    [value_name = "DEVICE"] device: plain DeviceSpec = DeviceSpec::Auto;
+    /// ≥ 0; libtorch intra-op threads, where 0 keeps libtorch's default
+    [value_name = "N"] threads: plain i64 = 0;
+    /// ≥ `batch_size`; samples per epoch. Unset: 1,000,000 for the synthetic data; for shards, the
+    /// counts of `sizes.json` (or Parquet footers). Required with `dataset_resampled`
+    [value_name = "N"] train_num_samples: optional u64 = None;
+    /// ≥ 1; batches prepared ahead of the trainer (bounded queue)
+    [value_name = "N"] prefetch: plain usize = 4;
+    /// shard URLs: brace patterns joined with `::`; local, `s3://`, `gs://`, `az://`, `http(s)://`;
+    /// `.tar` (WebDataset) or `.parquet` (img2dataset). Unset: the synthetic data ([data.md](data.md))
+    [value_name = "URLS"] train_data: optional String = None;
+    /// validation shards, read in order with the evaluation transform: retrieval recall and loss over
+    /// the first `eval_samples` pairs (no zero-shot: shards carry no class names). Unset: the synthetic
+    /// held-out split
+    [value_name = "URLS"] val_data: optional String = None;
+    /// draw shards with replacement (OpenCLIP's `--dataset-resampled`)
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] dataset_resampled: plain bool = false;
+    /// one positive weight per source, joined with `::`; only with `dataset_resampled`
+    [value_name = "W::W"] train_data_upsampling_factors: optional String = None;
+    /// ≥ 1, a multiple of the world size that divides `batch_size` (the global batch), at most the
+    /// number of shards unless resampling. A resumed run keeps its checkpoint's
+    /// ([sampling](data.md#sample-order-deterministic-elastic-resumable))
+    [value_name = "N"] data_partitions: optional usize = None;
+    /// ≥ 1; samples per shuffle window of a data partition
+    [value_name = "N"] shuffle_window: plain u64 = clipfleet_dataloader::loader::DEFAULT_SHUFFLE_WINDOW;
+    /// ≥ 0; decode threads, where 0 means the cores divided by the local world size
+    [value_name = "N"] workers: plain usize = 0;
+    /// in [0, 1]; the run stops when more than this fraction of samples is skipped as bad input
+    [value_name = "F"] max_skip_fraction: plain f64 = clipfleet_dataloader::loader::DEFAULT_MAX_SKIP_FRACTION;
+    /// `txt`, or `json:FIELD` for a string field of the `json` member
+    [value_name = "txt|json:FIELD"] caption_key: plain CaptionSource = CaptionSource::Txt;
+    /// the binary image column of Parquet shards
+    [value_name = "NAME"] parquet_image_column: plain String = "jpg".into();
+    /// the caption column of Parquet shards; unset tries `caption`, then `txt`
+    [value_name = "NAME"] parquet_caption_column: optional String = None;
+    /// 0–65535; serve Prometheus metrics at `http://metrics_host:PORT/metrics` (0: any free port,
+    /// logged). Unset: no exporter ([metrics](operations.md#metrics))
+    [value_name = "PORT"] metrics_port: optional u16 = None;
+    /// an IP address for the exporter to bind
+    [value_name = "IP"] metrics_host: plain String = "0.0.0.0".into();
+    /// non-empty; the `job` label of every metric
+    [value_name = "NAME"] job_name: plain String = "clipfleet".into();
+    /// `clip` (softmax in both directions, OpenCLIP's `ClipLoss`) or `siglip` (pairwise sigmoid,
+    /// OpenCLIP's `SigLipLoss`; a model config without `init_logit_bias` gets OpenCLIP's SigLIP start
+    /// values θ = ln 10, β = −10)
+    [value_name = "LOSS"] loss: plain LossKind = LossKind::Clip;
+    /// ≥ 1; micro-batches per step, by gradient caching: the loss and the gradients are those of the
+    /// whole `batch_size × accum_freq × world_size` batch ([distributed.md](distributed.md#training-
+    /// across-workers))
+    [value_name = "K"] accum_freq: plain i64 = 1;
+    /// ≥ 1; rows per block of the loss: its memory is about 3 × rows × N fp32 values
+    [value_name = "ROWS"] loss_block_rows: plain i64 = 1024;
+    /// ≥ 1; columns per tile of the loss; below N the softmax loss computes its logits twice
+    [value_name = "COLS"] loss_block_cols: optional i64 = None;
+    /// `auto`, `nccl`, `mpi`, `single`. `auto`: `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`),
+    /// else `single` for one worker, `nccl` on a GPU (under mpirun too: the NCCL id then goes by MPI),
+    /// `mpi` for CPU workers under mpirun or `srun --mpi=pmix`. `nccl` with `device = "cpu"` is an
+    /// error that says to use `mpi`
+    [value_name = "BACKEND"] dist_backend: plain BackendChoice = BackendChoice::Auto;
+    /// ≥ 1; parameter gradients are all-reduced in flat buckets of this many MiB
+    [value_name = "MIB"] grad_bucket_mb: plain usize = 64;
+    /// ≥ 0; every N steps, compare checksums of the parameters across workers and stop with an error
+    /// naming the rank that differs (0: never)
+    [value_name = "N"] check_params_every: plain i64 = 0;
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; unknown keys are an error that names them.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() }.into())
+    }
+
+    /// The AdamW hyper-parameters.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            fused: self.fused_adamw,
+        }
+    }
+
+    /// The shard-reading settings shared by training and validation data, for `urls`.
+    pub fn data_spec(&self, urls: &str, local_world: usize) -> Result<DataSpec, ConfigError> {
+        let mut spec = DataSpec::new(urls);
+        spec.upsampling_factors = self.train_data_upsampling_factors.clone();
+        spec.resampled = self.dataset_resampled;
+        spec.num_samples = self.train_num_samples;
+        spec.partitions = self.data_partitions;
+        spec.shuffle_window = self.shuffle_window;
+        spec.format.caption = self.caption_key.clone();
+        spec.format.parquet.columns.image = self.parquet_image_column.clone();
+        spec.format.parquet.columns.caption = self.parquet_caption_column.clone();
+        if self.workers > 0 {
+            spec.decode_threads = self.workers;
+        } else {
+            spec.decode_threads = (spec.decode_threads / local_world.max(1)).max(1);
+        }
+        spec.prefetch_batches = self.prefetch;
+        spec.max_skip_fraction = self.max_skip_fraction;
+        Ok(spec)
+    }
+
+    /// Reads a TOML file (or the defaults) and applies `overrides` on top, then validates.
+    pub fn resolve(file: Option<&Path>, overrides: &TrainOverrides) -> Result<Self> {
+        let mut cfg = match file {
+            Some(path) => Self::from_toml_file(path)?,
+            None => Self::default(),
+        };
+        overrides.apply(&mut cfg);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The model config: the JSON file if given, else the preset; with `loss = "siglip"`, a
+    /// config without a logit bias gets OpenCLIP's SigLIP initial scale and bias.
+    pub fn model_config(&self) -> Result<ClipConfig> {
+        let cfg = crate::model::resolve_model(Some(&self.model), self.model_config.as_deref())?;
+        Ok(match self.loss {
+            LossKind::Siglip if cfg.init_logit_bias.is_none() => cfg.with_siglip_init(),
+            _ => cfg,
+        })
+    }
+
+    /// The blockwise loss's tile sizes.
+    pub fn loss_blocks(&self) -> crate::loss::blockwise::BlockSizes {
+        crate::loss::blockwise::BlockSizes::tiles(self.loss_block_rows, self.loss_block_cols.unwrap_or(i64::MAX))
+    }
+
+    /// Pairs per worker per step: `batch_size × accum_freq`.
+    pub fn local_batch(&self) -> i64 {
+        self.batch_size * self.accum_freq
+    }
+
+    /// Checks every value, naming the first bad key and what it accepts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.model_config.is_none() && !PRESET_NAMES.contains(&self.model.as_str()) {
+            return Err(ConfigError::invalid("model", &self.model, PRESET_NAMES.join(", ")));
+        }
+        let at_least_one = [
+            ("batch_size", self.batch_size),
+            ("steps", self.steps),
+            ("log_every", self.log_every),
+            ("accum_freq", self.accum_freq),
+            ("loss_block_rows", self.loss_block_rows),
+        ];
+        for (key, v) in at_least_one {
+            if v < 1 {
+                return Err(ConfigError::invalid(key, v, "an integer >= 1"));
+            }
+        }
+        let non_negative = [
+            ("warmup", self.warmup),
+            ("checkpoint_every", self.checkpoint_every),
+            ("eval_every", self.eval_every),
+            ("threads", self.threads),
+            ("check_params_every", self.check_params_every),
+        ];
+        for (key, v) in non_negative {
+            if v < 0 {
+                return Err(ConfigError::invalid(key, v, "an integer >= 0"));
+            }
+        }
+        if self.eval_samples < 2 {
+            return Err(ConfigError::invalid("eval_samples", self.eval_samples, "an integer >= 2"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(ConfigError::invalid("lr", self.lr, "a finite number > 0"));
+        }
+        for (key, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(ConfigError::invalid(key, v, "a number in [0, 1)"));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(ConfigError::invalid("eps", self.eps, "a finite number > 0"));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(ConfigError::invalid("weight_decay", self.weight_decay, "a finite number >= 0"));
+        }
+        if let Some(c) = self.grad_clip_norm {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(ConfigError::invalid("grad_clip_norm", c, "a finite number > 0, or unset"));
+            }
+        }
+        if let Some(n) = self.train_num_samples {
+            if n < self.batch_size as u64 {
+                return Err(ConfigError::invalid(
+                    "train_num_samples",
+                    n,
+                    format!("at least batch_size ({})", self.batch_size),
+                ));
+            }
+        }
+        if self.train_data.is_none() && (self.dataset_resampled || self.train_data_upsampling_factors.is_some()) {
+            return Err(ConfigError::invalid(
+                "train_data",
+                "unset",
+                "shard URLs (dataset_resampled and train_data_upsampling_factors apply to shards)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_skip_fraction) {
+            return Err(ConfigError::invalid("max_skip_fraction", self.max_skip_fraction, "a number in [0, 1]"));
+        }
+        if self.shuffle_window < 1 {
+            return Err(ConfigError::invalid("shuffle_window", self.shuffle_window, "an integer >= 1"));
+        }
+        if self.data_partitions == Some(0) {
+            return Err(ConfigError::invalid("data_partitions", 0, "an integer >= 1 dividing batch_size, or unset"));
+        }
+        if self.metrics_host.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "metrics_host",
+                &self.metrics_host,
+                "an IP address, such as 0.0.0.0 or 127.0.0.1",
+            ));
+        }
+        if self.job_name.is_empty() {
+            return Err(ConfigError::invalid("job_name", "", "a non-empty label value"));
+        }
+        if self.prefetch < 1 {
+            return Err(ConfigError::invalid("prefetch", self.prefetch, "an integer >= 1"));
+        }
+        if let Some(c) = self.loss_block_cols {
+            if c < 1 {
+                return Err(ConfigError::invalid("loss_block_cols", c, "an integer >= 1, or unset"));
+            }
+        }
+        if self.grad_bucket_mb < 1 {
+            return Err(ConfigError::invalid("grad_bucket_mb", self.grad_bucket_mb, "an integer >= 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        TrainConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "batch_size = 4\nlearning_rate = 0.1\n").unwrap();
+        let err = TrainConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+    }
+
+    fn parse_error(toml_text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        TrainConfig::from_toml_file(&path).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_value_names_key_and_allowed_values() {
+        let err = parse_error("lr_scheduler = \"step\"\n");
+        assert!(err.contains("lr_scheduler") && err.contains("cosine") && err.contains("const"), "{err}");
+        let err = parse_error("device = \"tpu\"\n");
+        assert!(err.contains("device") && err.contains("cuda:N"), "{err}");
+        let err = parse_error("precision = \"fp16\"\n");
+        assert!(err.contains("precision") && err.contains("amp_bf16"), "{err}");
+        let err = parse_error("loss = \"infonce\"\n");
+        assert!(err.contains("loss") && err.contains("siglip"), "{err}");
+        let err = parse_error("dist_backend = \"gloo\"\n");
+        assert!(err.contains("dist_backend") && err.contains("mpi"), "{err}");
+        let err = parse_error("caption_key = \"json\"\n");
+        assert!(err.contains("caption_key") && err.contains("json:FIELD"), "{err}");
+    }
+
+    #[test]
+    fn typed_values_keep_their_config_spelling() {
+        let text = "lr_scheduler = \"const\"\nprecision = \"pure_bf16\"\ndevice = \"cuda:1\"\nloss = \"siglip\"\n\
+                    dist_backend = \"mpi\"\ncaption_key = \"json:caption\"\n";
+        let cfg: TrainConfig = toml::from_str(text).unwrap();
+        let back = toml::to_string(&cfg).unwrap();
+        for line in text.lines() {
+            assert!(back.contains(line), "{line} missing from {back}");
+        }
+    }
+}

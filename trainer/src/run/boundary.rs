@@ -1,0 +1,89 @@
+//! The step boundary: the one point between two optimizer steps where every rank agrees on
+//! what happens next. It is where preemption (a stop request), the non-finite-loss decision
+//! and a watchdog's heartbeat plug in.
+//!
+//! Each rank votes (has it been asked to stop? is its loss finite?); one all-reduce of
+//! the votes (a sum: any vote counts) makes the decision the same on every rank, so no rank leaves the loop while
+//! another enters the next step's collectives. With one worker the vote is the decision.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use tch::{Kind, Tensor};
+
+use crate::dist::{ProcessGroup, ReduceOp};
+use crate::error::Result;
+
+/// A request to end the run at the next step boundary, with a checkpoint. Cloned handles
+/// share one flag: a signal handler or another thread sets it, the run reads it.
+#[derive(Debug, Clone, Default)]
+pub struct StopRequest(Arc<AtomicBool>);
+
+impl StopRequest {
+    /// Asks the run to stop at its next step boundary.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The last step boundary every rank reached: a watchdog reads it to tell a slow step from
+/// a hung one. Cloned handles share one counter.
+#[derive(Debug, Clone)]
+pub struct Heartbeat(Arc<AtomicI64>);
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat(Arc::new(AtomicI64::new(-1)))
+    }
+}
+
+impl Heartbeat {
+    /// The last agreed step boundary (-1 before the first).
+    pub fn last_step(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn beat(&self, step: i64) {
+        self.0.store(step, Ordering::SeqCst);
+    }
+}
+
+/// What every rank agreed on at a step boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Some rank was asked to stop: every rank checkpoints and ends the run.
+    pub stop: bool,
+    /// Some rank's loss is NaN or infinite: every rank ends the run with an error.
+    pub non_finite_loss: bool,
+}
+
+/// The step boundary of a run: its stop request and its heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct StepBoundary {
+    /// Set to end the run at the next boundary.
+    pub stop: StopRequest,
+    /// Beaten at every agreed boundary.
+    pub heartbeat: Heartbeat,
+}
+
+impl StepBoundary {
+    /// Agrees with every rank on what follows optimizer step `step`, whose loss on this rank
+    /// is `loss` ([], on the device). Reads one small tensor back to the host.
+    pub fn agree(&self, group: &dyn ProcessGroup, step: i64, loss: &Tensor) -> Result<Decision> {
+        let device = loss.device();
+        let stop = Tensor::from(if self.stop.is_requested() { 1.0f32 } else { 0.0 }).to_device(device);
+        let non_finite = loss.detach().isfinite().logical_not().to_kind(Kind::Float);
+        let mut votes = Tensor::stack(&[stop, non_finite.reshape([])], 0);
+        if group.world_size() > 1 {
+            group.all_reduce(&mut votes, ReduceOp::Sum)?;
+        }
+        let votes = Vec::<f32>::try_from(votes.to_device(tch::Device::Cpu))?;
+        self.heartbeat.beat(step);
+        Ok(Decision { stop: votes[0] > 0.0, non_finite_loss: votes[1] > 0.0 })
+    }
+}

@@ -1,0 +1,124 @@
+//! The learner: the model, its optimizer and schedule, and the one training step that
+//! `clipfleet train` and `clipfleet bench train` both run.
+
+use std::time::Instant;
+
+use tch::Tensor;
+
+use crate::config::TrainConfig;
+use crate::dist::ProcessGroup;
+use crate::error::Result;
+use crate::model::{Clip, ClipConfig};
+use crate::optim::{AdamW, LrScheduler};
+use crate::precision::Precision;
+use crate::step::{CollectiveTimes, ContrastiveStep, DeviceBatch, RngReplay};
+
+/// What one optimizer step did. Its tensors are on the device: reading them syncs the host.
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The optimizer step just completed (1 after the first).
+    pub step: i64,
+    /// This rank's loss_r, [].
+    pub loss: Tensor,
+    /// The global gradient norm before clipping, [].
+    pub grad_norm: Tensor,
+    /// The learning rate the step used.
+    pub lr: f64,
+    /// Time in the step's collectives.
+    pub times: CollectiveTimes,
+    /// Time in the optimizer update, in seconds.
+    pub optimizer_seconds: f64,
+}
+
+/// The model, its optimizer and schedule, and the distributed step (DESIGN §3).
+#[derive(Debug)]
+pub struct Learner<'g> {
+    model: Clip,
+    optimizer: AdamW,
+    step: ContrastiveStep<'g>,
+    schedule: LrScheduler,
+    cfg: LearnerSettings,
+}
+
+/// The settings of [`Learner`] taken from the config.
+#[derive(Debug, Clone, Copy)]
+struct LearnerSettings {
+    lr: f64,
+    warmup: i64,
+    steps: i64,
+    grad_clip_norm: Option<f64>,
+    accum_freq: i64,
+    seed: u64,
+}
+
+impl<'g> Learner<'g> {
+    /// A freshly initialised model for `model_cfg` on `device` (libtorch's generator seeded
+    /// with the run seed), in `cfg`'s precision, with its AdamW and the step over `group`.
+    /// Sets the process-wide precision switches (autocast dtype, TF32).
+    pub fn new(
+        cfg: &TrainConfig,
+        model_cfg: &ClipConfig,
+        device: tch::Device,
+        group: &'g dyn ProcessGroup,
+    ) -> Result<Self> {
+        let precision = Precision::resolve(cfg.precision, device)?;
+        precision.configure(cfg.tf32)?;
+        tch::manual_seed(cfg.seed as i64);
+        let mut model = Clip::new(model_cfg, device)?;
+        model.set_parameter_kind(precision.parameter_kind());
+        let optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
+        let step = ContrastiveStep {
+            precision,
+            group,
+            loss: cfg.loss,
+            blocks: cfg.loss_blocks(),
+            bucket_bytes: cfg.grad_bucket_mb << 20,
+        };
+        let settings = LearnerSettings {
+            lr: cfg.lr,
+            warmup: cfg.warmup,
+            steps: cfg.steps,
+            grad_clip_norm: cfg.grad_clip_norm,
+            accum_freq: cfg.accum_freq,
+            seed: cfg.seed,
+        };
+        Ok(Learner { model, optimizer, step, schedule: cfg.lr_scheduler, cfg: settings })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Clip {
+        &self.model
+    }
+
+    /// The model and the optimizer, to load a checkpoint into.
+    pub fn parts_mut(&mut self) -> (&mut Clip, &mut AdamW) {
+        (&mut self.model, &mut self.optimizer)
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// The precision of the forward passes.
+    pub fn precision(&self) -> Precision {
+        self.step.precision
+    }
+
+    /// Runs optimizer step `step + 1` on `batch`, this rank's rows of the global batch:
+    /// the gathered loss and its gradients, all-reduced over the ranks, clipped, then AdamW
+    /// at the schedule's learning rate and the logit-scale clamp.
+    pub fn step(&mut self, step: i64, batch: DeviceBatch) -> Result<StepOutcome> {
+        let lr = self.schedule.lr(self.cfg.lr, self.cfg.warmup, self.cfg.steps, step);
+        self.optimizer.zero_grad();
+        let replay = RngReplay { seed: self.cfg.seed, step };
+        let out = self.step.backward(&self.model, &batch, self.cfg.accum_freq, replay)?;
+        drop(batch);
+        let grad_norm = self.optimizer.clip_grad_norm(self.cfg.grad_clip_norm);
+        let t = Instant::now();
+        self.optimizer.step(lr);
+        let optimizer_seconds = t.elapsed().as_secs_f64();
+        self.model.clamp_logit_scale();
+        Ok(StepOutcome { step: step + 1, loss: out.loss, grad_norm, lr, times: out.times, optimizer_seconds })
+    }
+}

@@ -1,0 +1,336 @@
+//! The training run of one worker, as a type: [`Run::start`] sets it up (config, process
+//! group, resume), then the loop of [`train`] reads as one page — a step, the step boundary
+//! every rank agrees on, and the periodic report, checkpoint and evaluation.
+//!
+//! With one worker the collectives are the identity; with W workers each reads its rows of
+//! the global batch and the step equals the one-process step over the whole batch
+//! ([`crate::step`]).
+//!
+//! # Where features plug in
+//! [`boundary::StepBoundary`] is the point between two steps where every rank agrees: a stop
+//! request (preemption: checkpoint, then end), a non-finite loss (end with an error) and a
+//! heartbeat (a watchdog's view of progress). [`TrainOptions::boundary`] hands a run its
+//! stop request and heartbeat.
+
+pub mod boundary;
+mod commit;
+pub mod learner;
+mod report;
+mod start;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clipfleet_dataloader::loader::LoaderState;
+use clipfleet_dataloader::store::ShardStore;
+use clipfleet_dataloader::tokenizer::Tokenizer;
+use indicatif::ProgressBar;
+
+use crate::config::TrainConfig;
+use crate::data::{DataPosition, TrainStream};
+use crate::dist::{self, ProcessGroup, WorldInfo};
+use crate::error::{Result, TrainError};
+use crate::eval::{log_eval, EvalPlan, EvalReport};
+use crate::metrics::Metrics;
+pub use boundary::{Decision, Heartbeat, StepBoundary, StopRequest};
+pub use learner::{Learner, StepOutcome};
+use report::ReportWindow;
+
+/// Where to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The newest committed checkpoint of the run folder; start fresh if there is none.
+    Latest,
+    /// A checkpoint folder or a run folder, which must hold a committed checkpoint.
+    Path(PathBuf),
+}
+
+impl Resume {
+    /// Parses `--resume`: `latest` or a path.
+    pub fn parse(s: &str) -> Self {
+        if s == "latest" {
+            Resume::Latest
+        } else {
+            Resume::Path(PathBuf::from(s))
+        }
+    }
+}
+
+/// Options that are not part of the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Resume point.
+    pub resume: Option<Resume>,
+    /// A progress bar to advance (hidden when not on a terminal).
+    pub progress: Option<ProgressBar>,
+    /// This worker was restarted by `clipfleet launch` (`CLIPFLEET_RESTART_COUNT` > 0): a
+    /// `--resume PATH` then yields to the newest checkpoint of `output`, when there is one,
+    /// so that a restart continues the run instead of starting over from PATH.
+    pub restarted: bool,
+    /// The run's stop request and heartbeat.
+    pub boundary: StepBoundary,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Steps completed.
+    pub step: i64,
+    /// Training loss at the last logged step (the mean over the ranks).
+    pub last_loss: f64,
+    /// The final evaluation (rank 0 evaluates; `None` on the other ranks, and when the run
+    /// stopped early on request).
+    pub eval: Option<EvalReport>,
+    /// The final checkpoint.
+    pub checkpoint: PathBuf,
+    /// Training throughput of the whole job (global batches) over this process's steps.
+    pub samples_per_second: f64,
+    /// The run ended at a step boundary on a stop request, before its last step.
+    pub stopped: bool,
+    /// This worker's rank and the world size.
+    pub world: WorldInfo,
+}
+
+/// Samples per epoch of the synthetic training split when `train_num_samples` is unset.
+pub const SYNTHETIC_EPOCH: u64 = 1_000_000;
+
+/// One worker's training run.
+#[derive(Debug)]
+pub struct Run<'g> {
+    cfg: TrainConfig,
+    world: WorldInfo,
+    group: &'g dyn ProcessGroup,
+    device: tch::Device,
+    learner: Learner<'g>,
+    data: TrainStream,
+    tokenizer: Arc<dyn Tokenizer>,
+    store: Option<Arc<ShardStore>>,
+    eval: EvalPlan,
+    metrics: Metrics,
+    window: ReportWindow,
+    boundary: StepBoundary,
+    progress: Option<ProgressBar>,
+    /// Optimizer steps completed.
+    step: i64,
+    first_step: i64,
+    position: DataPosition,
+    shards: Option<LoaderState>,
+    resumed_from: Option<PathBuf>,
+    last_loss: f64,
+    started: Instant,
+}
+
+/// Trains this worker according to `cfg`, on `train_data` shards or the synthetic data.
+/// The worker finds its rank and the world from its environment (DESIGN §1: `clipfleet
+/// launch`, torchrun's variables, mpirun, Slurm or Kubernetes); one process needs nothing.
+pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let world = dist::env::detect_from_env()?;
+    let device = start::worker_device(cfg, &world)?;
+    let backend = start::choose_backend(cfg, &world, device)?;
+    tracing::info!(backend = %backend, ?device, "process group");
+    let group = dist::init(backend, &world)?;
+    if group.world_size() == 1 {
+        return run_to_end(cfg, opts, &world, device, group.as_ref());
+    }
+    // With several workers, a failure on one must end the job: returning (or unwinding) would
+    // finalise the process group, which waits for the other ranks, blocked in a collective.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_to_end(cfg, opts, &world, device, group.as_ref())
+    }));
+    let message = match outcome {
+        Ok(Ok(summary)) => return Ok(summary),
+        Ok(Err(err)) => error_chain(&err),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into()),
+    };
+    let (rank, world_size) = (group.rank(), group.world_size());
+    tracing::error!(error = %message, "worker failed; aborting the job so that the other workers do not wait for it");
+    eprintln!("error: worker rank {rank} of {world_size} failed: {message}");
+    dist::error_file::record(rank, &message);
+    group.abort(1)
+}
+
+/// The training loop.
+fn run_to_end(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    world: &WorldInfo,
+    device: tch::Device,
+    group: &dyn ProcessGroup,
+) -> Result<TrainSummary> {
+    let mut run = Run::start(cfg, opts, world, device, group)?;
+    while !run.done() {
+        let outcome = run.step()?;
+        let decision = run.boundary(&outcome)?;
+        if decision.non_finite_loss {
+            return Err(TrainError::NonFiniteLoss { step: outcome.step, loss: outcome.loss.double_value(&[]) });
+        }
+        if run.report_due() {
+            run.report(&outcome)?;
+        }
+        if decision.stop {
+            tracing::info!(step = run.step, "stop requested: checkpointing and ending the run at this step");
+            return run.finish_early();
+        }
+        if run.checkpoint_due() {
+            run.checkpoint()?;
+        }
+        if run.eval_due() {
+            run.evaluate()?;
+        }
+    }
+    run.finish()
+}
+
+impl<'g> Run<'g> {
+    /// Whether the run has completed its steps.
+    pub fn done(&self) -> bool {
+        self.step >= self.cfg.steps
+    }
+
+    /// Optimizer steps completed.
+    pub fn steps_done(&self) -> i64 {
+        self.step
+    }
+
+    /// Runs the next optimizer step on the next batch of the stream.
+    pub fn step(&mut self) -> Result<StepOutcome> {
+        if crate::fault::rank_failure() == Some((self.group.rank(), self.step)) {
+            return Err(TrainError::InjectedFault { rank: self.group.rank(), step: self.step });
+        }
+        if crate::fault::stop_request() == Some((self.group.rank(), self.step)) {
+            self.boundary.stop.request();
+        }
+        let wait = Instant::now();
+        let batch = self.data.next_batch()?;
+        self.window.waited(wait.elapsed().as_secs_f64(), &self.metrics);
+        let ctx = self.learner.model().config().text_cfg.context_length;
+        let outcome = self.learner.step(self.step, batch.to_device(ctx, self.device))?;
+        self.metrics.observe_all_gather(outcome.times.all_gather);
+        self.metrics.observe_all_reduce(outcome.times.all_reduce);
+        self.metrics.observe_optimizer(outcome.optimizer_seconds);
+        self.position = batch.position_after;
+        self.shards = batch.shards_after;
+        self.step = outcome.step;
+        self.window.stepped();
+        if let Some(pb) = &self.progress {
+            pb.set_position(self.step as u64);
+        }
+        if self.cfg.check_params_every > 0 && self.step % self.cfg.check_params_every == 0 {
+            crate::step::check_parameters_agree(self.group, self.learner.model(), self.step)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Agrees with every rank on what follows the step just run ([`StepBoundary`]).
+    pub fn boundary(&self, outcome: &StepOutcome) -> Result<Decision> {
+        self.boundary.agree(self.group, outcome.step, &outcome.loss)
+    }
+
+    fn report_due(&self) -> bool {
+        self.step % self.cfg.log_every == 0 || self.done() || self.checkpoint_due()
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.cfg.checkpoint_every > 0 && self.step % self.cfg.checkpoint_every == 0 && !self.done()
+    }
+
+    fn eval_due(&self) -> bool {
+        self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0 && !self.done()
+    }
+
+    /// Logs the window of steps since the last report and updates the metrics; the loss is
+    /// averaged over the ranks (a collective: every rank reports at the same steps).
+    pub fn report(&mut self, outcome: &StepOutcome) -> Result<()> {
+        let global_batch = self.global_batch();
+        let bytes_read = self.store.as_ref().map(|s| s.bytes_read().load(std::sync::atomic::Ordering::Relaxed));
+        let model = self.learner.model();
+        self.last_loss =
+            self.window.report(outcome, model, self.group, &self.metrics, global_batch, &self.data, bytes_read)?;
+        if let Some(pb) = &self.progress {
+            pb.set_message(format!("loss {:.3} · {:.0} samples/s", self.last_loss, self.window.last_rate()));
+        }
+        Ok(())
+    }
+
+    /// Commits a checkpoint of the current step (rank 0 writes; every rank waits for it).
+    pub fn checkpoint(&mut self) -> Result<PathBuf> {
+        let shards = commit::merge_shard_states(self.group, self.shards.as_ref(), self.device)?;
+        let state = self.checkpoint_state(shards);
+        commit::commit_checkpoint(&self.cfg, self.group, &self.learner, &state, &self.metrics)
+    }
+
+    /// Evaluates the current weights on rank 0 while the other ranks wait, so the ranks
+    /// leave together; `None` on the other ranks.
+    pub fn evaluate(&mut self) -> Result<Option<EvalReport>> {
+        let report = if self.group.rank() == 0 {
+            let report =
+                self.eval.evaluate(self.learner.model(), Arc::clone(&self.tokenizer), self.store.clone(), self.step)?;
+            self.metrics.set_eval(&report);
+            log_eval(&report);
+            Some(report)
+        } else {
+            None
+        };
+        self.group.barrier()?;
+        Ok(report)
+    }
+
+    /// Ends a run that completed its steps: the final checkpoint (unless the run resumed
+    /// at its last step and trained none), the final evaluation into `eval.json`.
+    pub fn finish(mut self) -> Result<TrainSummary> {
+        let checkpoint = match (&self.resumed_from, self.step == self.first_step) {
+            (Some(dir), true) => dir.clone(),
+            _ => self.checkpoint()?,
+        };
+        let eval = self.evaluate()?;
+        if let Some(report) = &eval {
+            commit::write_json_atomic(&self.cfg.output.join("eval.json"), report)?;
+        }
+        Ok(self.summary(checkpoint, eval, false))
+    }
+
+    /// Ends a run at a stop request: a checkpoint of the current step, no evaluation.
+    pub fn finish_early(mut self) -> Result<TrainSummary> {
+        let checkpoint = self.checkpoint()?;
+        Ok(self.summary(checkpoint, None, true))
+    }
+
+    fn summary(self, checkpoint: PathBuf, eval: Option<EvalReport>, stopped: bool) -> TrainSummary {
+        let trained = self.step - self.first_step;
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(pb) = &self.progress {
+            pb.finish_and_clear();
+        }
+        TrainSummary {
+            step: self.step,
+            last_loss: self.last_loss,
+            eval,
+            checkpoint,
+            samples_per_second: (trained * self.global_batch()) as f64 / seconds,
+            stopped,
+            world: self.world.clone(),
+        }
+    }
+
+    /// Pairs per optimizer step over all workers.
+    fn global_batch(&self) -> i64 {
+        self.cfg.local_batch() * self.group.world_size() as i64
+    }
+}
+
+/// An error and its sources, joined with `: `.
+fn error_chain(err: &TrainError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
