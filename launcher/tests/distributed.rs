@@ -273,3 +273,43 @@ fn a_restarted_worker_prefers_its_runs_newest_checkpoint_over_resume_path() {
     let log = stderr(&ok(run(&refs(&args))));
     assert!(!log.contains("restarted: resuming"), "{log}");
 }
+
+/// Issue 10: `clipfleet eval` on a 2-worker run's checkpoint reads the same data in the same
+/// batches (batch_size × world_size) as the run's own final evaluation, so it prints its
+/// `eval.json`.
+#[test]
+fn eval_of_a_two_worker_checkpoint_equals_the_runs_eval_json() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let two = tmp.path().join("two");
+    ok(run(&refs(&launch_args(2, &[], &with_batch(tiny_args(&two, 4, 0), 8)))));
+    let out = ok(run(&["eval", "--checkpoint", two.to_str().expect("utf-8"), "--device", "cpu", "--json"]));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let saved = eval_report(&two);
+    let (printed, saved) = (printed.as_object().expect("object"), saved.as_object().expect("object"));
+    assert_eq!(printed.keys().collect::<Vec<_>>(), saved.keys().collect::<Vec<_>>());
+    for (key, want) in saved {
+        let got = &printed[key];
+        match (want.as_f64(), got.as_f64()) {
+            // The same weights and batches; libtorch's thread count may differ (1 per worker
+            // in the run, all cores in `eval`), which may move the last bits of a sum.
+            (Some(w), Some(g)) => assert!((w - g).abs() <= 1e-6, "{key}: eval.json {w} vs clipfleet eval {g}"),
+            _ => assert_eq!(want, got, "{key}"),
+        }
+    }
+}
+
+/// A stop request on one rank (as a preemption signal will make) ends every rank at the same
+/// step boundary, with a checkpoint of that step and no final evaluation.
+#[test]
+fn a_stop_request_on_one_rank_ends_every_rank_at_the_same_step_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let two = tmp.path().join("two");
+    let args = launch_args(2, &[], &with_batch(tiny_args(&two, 10, 0), 8));
+    let out = ok(crate::common::run_env(&refs(&args), &[("CLIPFLEET_FAULT", "stop-on-rank-1:2")]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stopped at step 3"), "{stdout}\n{}", stderr(&out));
+    let latest = std::fs::read_to_string(two.join("checkpoints/latest")).expect("latest");
+    assert_eq!(latest.trim(), "step_3");
+    assert_eq!(checkpoint_state(&two, 3)["step"], 3);
+    assert!(!two.join("eval.json").exists(), "a stopped run does not evaluate");
+}

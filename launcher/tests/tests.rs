@@ -3,6 +3,7 @@
 
 mod bench_data;
 mod bench_loss;
+mod bench_train;
 mod cli;
 mod common;
 mod crash;
