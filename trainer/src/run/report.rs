@@ -52,8 +52,6 @@ impl ReportWindow {
         group: &dyn ProcessGroup,
         metrics: &Metrics,
         global_batch: i64,
-        data: &TrainStream,
-        bytes_read: Option<u64>,
     ) -> Result<f64> {
         let mut loss = outcome.loss.to_kind(Kind::Double).view([1]);
         group.all_reduce(&mut loss, ReduceOp::Avg)?;
@@ -85,6 +83,13 @@ impl ReportWindow {
             learning_rate: outcome.lr,
             grad_norm: Some(grad_norm),
         });
+        (self.start, self.data_wait, self.steps) = (Instant::now(), 0.0, 0);
+        Ok(loss)
+    }
+
+    /// Brings the data metrics up to date: the bytes the store has read (`bytes_read`, a
+    /// running total) and the skips by reason, which are also logged.
+    pub(super) fn sync_data(&mut self, metrics: &Metrics, data: &TrainStream, bytes_read: Option<u64>) {
         if let Some(total) = bytes_read {
             metrics.add_bytes_read(total.saturating_sub(self.bytes_reported));
             self.bytes_reported = total;
@@ -96,7 +101,5 @@ impl ReportWindow {
                 tracing::info!(skipped = skips.total(), by_reason = %by_reason.join(","), "data skips so far");
             }
         }
-        (self.start, self.data_wait, self.steps) = (Instant::now(), 0.0, 0);
-        Ok(loss)
     }
 }
