@@ -314,9 +314,9 @@ pub fn link_libnccl(libnccl: &Path, dir: &Path) -> std::io::Result<PathBuf> {
 fn missing_library_reason() -> String {
     match find_libnccl() {
         Some(found) => format!(
-            "cannot load libnccl.so: NCCL is at {} but cudarc looks for `libnccl.so`; run \
-             `mkdir -p /tmp/clipfleet-nccl && ln -sf {} /tmp/clipfleet-nccl/libnccl.so` and start the \
-             worker with /tmp/clipfleet-nccl on LD_LIBRARY_PATH (docs/distributed.md)",
+            "cannot load libnccl.so: NCCL is at {} but cudarc looks for `libnccl.so`; start workers with \
+             `clipfleet launch` (it links it in a private folder), or run `d=$(mktemp -d) && ln -s {} \
+             $d/libnccl.so` and start the worker with $d first on LD_LIBRARY_PATH (docs/distributed.md)",
             found.display(),
             found.display()
         ),
