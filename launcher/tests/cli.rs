@@ -17,7 +17,12 @@ fn bad_config_values_name_the_key_and_allowed_values() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("run");
     let o = out.to_str().expect("utf-8");
-    fails_with(&["train", "--output", o, "--lr-scheduler", "step"], &["lr_scheduler", "cosine, const"]);
+    // A flag's error names the flag as typed; a file's names the key.
+    fails_with(&["train", "--output", o, "--lr-scheduler", "step"], &["--lr-scheduler", "cosine, const"]);
+    fails_with(&["train", "--output", o, "--precision", "fp16"], &["--precision", "amp_bf16", "pure_bf16"]);
+    fails_with(&["train", "--output", o, "--loss", "infonce"], &["--loss", "clip, siglip"]);
+    fails_with(&["train", "--output", o, "--dist-backend", "gloo"], &["--dist-backend", "nccl", "mpi"]);
+    fails_with(&["train", "--output", o, "--caption-key", "yaml"], &["caption_key", "json:FIELD"]);
     fails_with(&["train", "--output", o, "--model", "ViT-X-99"], &["model", "ViT-B-32", "tiny"]);
     fails_with(&["train", "--output", o, "--batch-size", "0"], &["batch_size", ">= 1"]);
     fails_with(&["train", "--output", o, "--device", "tpu"], &["device", "cuda:N"]);

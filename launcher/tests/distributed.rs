@@ -248,7 +248,7 @@ fn one_failing_worker_ends_the_job_instead_of_hanging_it() {
     // The launcher names the rank and its error from the worker's error file, whether or not
     // mpirun printed which rank called MPI_Abort.
     assert!(log.contains("error: worker rank 1 failed: exit status 1 (pid "), "{log}");
-    assert!(log.contains("): data pipeline: injected fault: rank 1 fails at step 3"), "{log}");
+    assert!(log.contains("): injected fault: rank 1 fails at step 3"), "{log}");
 }
 
 /// A restarted worker (`CLIPFLEET_RESTART_COUNT` > 0) given `--resume PATH` continues its own

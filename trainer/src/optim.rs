@@ -97,10 +97,8 @@ impl AdamW {
         }
     }
 
-    /// The global L2 norm of all gradients, and, if `max_norm` is set, scales them so the
-    /// norm is at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm
-    /// before clipping as a 0-dim tensor (no host synchronisation).
-    pub fn clip_grad_norm(&mut self, max_norm: Option<f64>) -> Tensor {
+    /// The global L2 norm of all gradients, as a 0-dim tensor (no host synchronisation).
+    pub fn grad_norm(&self) -> Tensor {
         let norms: Vec<Tensor> = self
             .states
             .iter()
@@ -112,18 +110,23 @@ impl AdamW {
         if norms.is_empty() {
             return Tensor::from(0.0f32);
         }
-        let total = Tensor::stack(&norms, 0).norm();
-        if let Some(max_norm) = max_norm {
-            let coef = (Tensor::from(max_norm as f32).to_device(total.device()) / (&total + 1e-6)).clamp_max(1.0);
-            tch::no_grad(|| {
-                for s in &self.states {
-                    let mut g = s.param.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_(&coef.to_kind(g.kind()));
-                    }
+        Tensor::stack(&norms, 0).norm()
+    }
+
+    /// Scales the gradients so that their global L2 norm is at most `max_norm` (as
+    /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping as a 0-dim tensor
+    /// (no host synchronisation).
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
+        let total = self.grad_norm();
+        let coef = (Tensor::from(max_norm as f32).to_device(total.device()) / (&total + 1e-6)).clamp_max(1.0);
+        tch::no_grad(|| {
+            for s in &self.states {
+                let mut g = s.param.grad();
+                if g.defined() {
+                    let _ = g.g_mul_(&coef.to_kind(g.kind()));
                 }
-            });
-        }
+            }
+        });
         total
     }
 

@@ -45,7 +45,8 @@ pub struct EvalReport {
     pub text_to_image_r5: f64,
     /// Text→image recall@10.
     pub text_to_image_r10: f64,
-    /// Mean CLIP loss over held-out batches of `batch_size` pairs (weighted by batch size).
+    /// Mean CLIP loss over held-out batches of the plan's batch size (`batch_size × world_size` of
+    /// the run), weighted by batch size.
     pub val_loss: f64,
     /// Held-out pairs evaluated.
     pub num_samples: i64,

@@ -20,8 +20,10 @@ pub struct StepOutcome {
     pub step: i64,
     /// This rank's loss_r, [].
     pub loss: Tensor,
-    /// The global gradient norm before clipping, [].
-    pub grad_norm: Tensor,
+    /// The global gradient norm before clipping, [], when the step clipped; otherwise read
+    /// it with [`Learner::grad_norm`] before the next step (the gradients stay until then),
+    /// so that a step without clipping spends nothing on it.
+    pub clipped_grad_norm: Option<Tensor>,
     /// The learning rate the step used.
     pub lr: f64,
     /// Time in the step's collectives.
@@ -100,6 +102,14 @@ impl<'g> Learner<'g> {
         &self.optimizer
     }
 
+    /// The global gradient norm of the last step, before clipping, [].
+    pub fn grad_norm(&self, outcome: &StepOutcome) -> Tensor {
+        match &outcome.clipped_grad_norm {
+            Some(norm) => norm.shallow_clone(),
+            None => self.optimizer.grad_norm(),
+        }
+    }
+
     /// The precision of the forward passes.
     pub fn precision(&self) -> Precision {
         self.step.precision
@@ -114,11 +124,11 @@ impl<'g> Learner<'g> {
         let replay = RngReplay { seed: self.cfg.seed, step };
         let out = self.step.backward(&self.model, &batch, self.cfg.accum_freq, replay)?;
         drop(batch);
-        let grad_norm = self.optimizer.clip_grad_norm(self.cfg.grad_clip_norm);
+        let clipped_grad_norm = self.cfg.grad_clip_norm.map(|max| self.optimizer.clip_grad_norm(max));
         let t = Instant::now();
         self.optimizer.step(lr);
         let optimizer_seconds = t.elapsed().as_secs_f64();
         self.model.clamp_logit_scale();
-        Ok(StepOutcome { step: step + 1, loss: out.loss, grad_norm, lr, times: out.times, optimizer_seconds })
+        Ok(StepOutcome { step: step + 1, loss: out.loss, clipped_grad_norm, lr, times: out.times, optimizer_seconds })
     }
 }

@@ -248,7 +248,7 @@ impl<'g> Run<'g> {
     /// averaged over the ranks (a collective: every rank reports at the same steps).
     pub fn report(&mut self, outcome: &StepOutcome) -> Result<()> {
         let global_batch = self.global_batch();
-        self.last_loss = self.window.report(outcome, self.learner.model(), self.group, &self.metrics, global_batch)?;
+        self.last_loss = self.window.report(outcome, &self.learner, self.group, &self.metrics, global_batch)?;
         let bytes_read = self.store.as_ref().map(|s| s.bytes_read().load(std::sync::atomic::Ordering::Relaxed));
         self.window.sync_data(&self.metrics, &self.data, bytes_read);
         if let Some(pb) = &self.progress {

@@ -9,8 +9,7 @@ use crate::data::TrainStream;
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::Result;
 use crate::metrics::{Metrics, StepObservation};
-use crate::model::Clip;
-use crate::run::StepOutcome;
+use crate::run::{Learner, StepOutcome};
 
 /// The steps since the last report.
 #[derive(Debug)]
@@ -48,7 +47,7 @@ impl ReportWindow {
     pub(super) fn report(
         &mut self,
         outcome: &StepOutcome,
-        model: &Clip,
+        learner: &Learner<'_>,
         group: &dyn ProcessGroup,
         metrics: &Metrics,
         global_batch: i64,
@@ -59,8 +58,8 @@ impl ReportWindow {
         let elapsed = self.start.elapsed().as_secs_f64();
         let samples = self.steps * global_batch;
         self.last_rate = samples as f64 / elapsed;
-        let logit_scale = model.logit_scale().double_value(&[]).exp();
-        let grad_norm = outcome.grad_norm.to_kind(Kind::Double).double_value(&[]);
+        let logit_scale = learner.model().logit_scale().double_value(&[]).exp();
+        let grad_norm = learner.grad_norm(outcome).to_kind(Kind::Double).double_value(&[]);
         if group.rank() == 0 {
             tracing::info!(
                 step = outcome.step,
