@@ -17,7 +17,6 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{ConfigError, Result, TrainError};
 use crate::model::ClipConfig;
-use crate::step::DeviceBatch;
 
 /// OpenCLIP's (OpenAI's) per-channel normalisation mean.
 pub const OPENAI_MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -86,17 +85,6 @@ impl TrainStream {
         match self {
             TrainStream::Synthetic(_) => None,
             TrainStream::Shards(loader) => Some(loader.skips()),
-        }
-    }
-}
-
-impl HostBatch {
-    /// Moves the batch to `device`: images stay uint8 (a quarter of the float size; the
-    /// step normalises one micro-batch at a time), tokens become int64 [b, context_length].
-    pub fn to_device(&self, context_length: i64, device: Device) -> DeviceBatch {
-        DeviceBatch {
-            images: images_to_device(&self.images, device),
-            tokens: tokens_to_tensor(&self.tokens, context_length, device),
         }
     }
 }

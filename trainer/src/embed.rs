@@ -5,7 +5,7 @@ use clipfleet_dataloader::batch::ImageBatch;
 use clipfleet_dataloader::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{images_to_tensor, tokens_to_tensor};
+use crate::data::images_to_tensor;
 use crate::model::{l2_normalize, Clip};
 
 /// Embeds each batch of images (uint8, already resized and centre-cropped to the model's
@@ -34,7 +34,7 @@ pub fn embed_texts(model: &Clip, tokenizer: &dyn Tokenizer, captions: &[&str], b
     let chunks: Vec<Tensor> = captions
         .chunks(batch_size.max(1))
         .map(|batch| {
-            let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(batch, ctx as usize), ctx, model.device());
+            let tokens = model.text_input(&tokenizer.tokenize_batch(batch, ctx as usize));
             let emb = tch::no_grad(|| l2_normalize(&model.encode_text(&tokens)));
             emb.to_kind(Kind::Float).to_device(Device::Cpu)
         })

@@ -92,7 +92,7 @@ pub fn train_step(bench: &TrainBench) -> Result<TrainBenchReport> {
     let group = SingleGroup::new(&WorldInfo::single())?;
     let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
     let mut learner = Learner::new(&cfg, &model_cfg, device, &group)?;
-    let pool = staged_batches(&cfg, &model_cfg, tokenizer, device, (cfg.steps as usize).min(BATCH_POOL))?;
+    let pool = staged_batches(&cfg, &model_cfg, tokenizer, learner.model(), (cfg.steps as usize).min(BATCH_POOL))?;
     let batch = |i: i64| {
         let b = &pool[i as usize % pool.len()];
         DeviceBatch { images: b.images.shallow_clone(), tokens: b.tokens.shallow_clone() }
@@ -152,7 +152,7 @@ fn staged_batches(
     cfg: &TrainConfig,
     model_cfg: &crate::model::ClipConfig,
     tokenizer: std::sync::Arc<dyn clipfleet_dataloader::tokenizer::Tokenizer>,
-    device: Device,
+    model: &crate::model::Clip,
     n: usize,
 ) -> Result<Vec<DeviceBatch>> {
     let ctx = model_cfg.text_cfg.context_length;
@@ -171,8 +171,8 @@ fn staged_batches(
         .map(|_| {
             let b = stream.next_batch()?;
             Ok(DeviceBatch {
-                images: crate::data::images_to_device(&b.images, device),
-                tokens: crate::data::tokens_to_tensor(&b.tokens, ctx, device),
+                images: crate::data::images_to_device(&b.images, model.device()),
+                tokens: model.text_input(&b.tokens),
             })
         })
         .collect()

@@ -21,7 +21,7 @@ use clipfleet_dataloader::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::data::{images_to_tensor, tokens_to_tensor};
+use crate::data::images_to_tensor;
 use crate::error::{Result, TrainError};
 use crate::loss::clip_loss_global;
 use crate::model::{l2_normalize, Clip};
@@ -159,7 +159,7 @@ pub fn evaluate_batches(
             if n == 0 {
                 continue;
             }
-            let tokens = tokens_to_tensor(&batch.tokens, ctx, device);
+            let tokens = model.text_input(&batch.tokens);
             let (img, txt) = model.forward(&images_to_tensor(&batch.images, device), &tokens);
             if n > 1 {
                 losses.push((n as f64, clip_loss_global(&img, &txt, &scale).double_value(&[])));
@@ -188,7 +188,7 @@ pub fn evaluate_batches(
                 for name in &names {
                     let prompts: Vec<String> = templates.iter().map(|t| t.replace("{}", name)).collect();
                     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-                    let tokens = tokens_to_tensor(&tokenizer.tokenize_batch(&refs, ctx as usize), ctx, device);
+                    let tokens = model.text_input(&tokenizer.tokenize_batch(&refs, ctx as usize));
                     let emb = l2_normalize(&model.encode_text(&tokens)).to_kind(Kind::Float);
                     class_rows.push(l2_normalize(&emb.mean_dim(0, false, Kind::Float)));
                 }

@@ -88,6 +88,20 @@ impl Clip {
         self.visual.forward(&images.to_kind(self.logit_scale.kind()))
     }
 
+    /// Token rows (row-major, `context_length` ids each) as the text tower's input on the
+    /// model's device: with causal attention only the positions up to the batch's last
+    /// end-of-text token (the same features, less work); all of them otherwise.
+    ///
+    /// # Shapes
+    /// `tokens`: b × context_length ids → [b, L] int64, L ≤ context_length.
+    pub fn text_input(&self, tokens: &[i64]) -> Tensor {
+        let ctx = self.config.text_cfg.context_length;
+        let len = if self.text.is_causal() { super::text::trimmed_length(tokens, ctx as usize) as i64 } else { ctx };
+        let rows = Tensor::from_slice(tokens).view([-1, ctx]);
+        let rows = if len < ctx { rows.narrow(1, 0, len).contiguous() } else { rows };
+        crate::data::host_to_device(rows, self.device())
+    }
+
     /// Unnormalised text embeddings.
     ///
     /// # Shapes
@@ -171,5 +185,33 @@ impl Clip {
             .collect();
         Tensor::write_safetensors(&tensors, path)
             .map_err(|e| TrainError::Weights { path: path.to_path_buf(), reason: format!("cannot write: {e}") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trimming the positions after the last end-of-text token changes no text feature (the
+    /// tower is causal and pools at that token), up to fp32 rounding.
+    #[test]
+    fn trimmed_text_input_gives_the_full_contexts_features() {
+        let cfg = ClipConfig::tiny();
+        let model = Clip::new(&cfg, Device::Cpu).unwrap();
+        let ctx = cfg.text_cfg.context_length as usize;
+        let eot = cfg.text_cfg.vocab_size - 1;
+        let mut tokens = vec![0i64; 3 * ctx];
+        for (row, len) in [5usize, 9, 3].into_iter().enumerate() {
+            for i in 0..len {
+                tokens[row * ctx + i] = 1 + (7 * row + 3 * i) as i64 % 400;
+            }
+            tokens[row * ctx + len] = eot;
+        }
+        let trimmed = model.text_input(&tokens);
+        assert_eq!(trimmed.size(), [3, 10]);
+        let full = Tensor::from_slice(&tokens).view([3, ctx as i64]);
+        let (a, b) = tch::no_grad(|| (model.encode_text(&trimmed), model.encode_text(&full)));
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max |Δ| = {diff:e}");
     }
 }

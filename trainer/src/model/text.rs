@@ -60,14 +60,23 @@ impl TextTransformer {
         }
     }
 
+    /// Whether the tower attends causally: then the positions after a row's end-of-text
+    /// token cannot change its pooled output, and [`trimmed_length`] may drop them.
+    pub fn is_causal(&self) -> bool {
+        self.causal
+    }
+
     /// Encodes token ids into (unnormalised) embeddings, pooling at the end-of-text
     /// token, found as `argmax(ids)` because it has the largest id.
     ///
     /// # Shapes
-    /// `tokens`: [batch, context_length] int64 → [batch, embed_dim].
+    /// `tokens`: [batch, L] int64, L ≤ context_length (the first L positions; a causal
+    /// tower gives the same result for any L past every row's end-of-text token) →
+    /// [batch, embed_dim].
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
+        let len = tokens.size()[1];
         let x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false);
-        let x = x + &self.positional_embedding;
+        let x = x + self.positional_embedding.narrow(0, 0, len);
         let x = self.transformer.forward(&x, self.causal);
         let b = tokens.size()[0];
         let rows = Tensor::arange(b, (Kind::Int64, tokens.device()));
@@ -78,5 +87,39 @@ impl TextTransformer {
             self.ln_final.forward(&x).index(&[Some(rows), Some(eot)])
         };
         pooled.matmul(&self.text_projection)
+    }
+}
+
+/// The positions a causal text tower needs of a batch of token rows: up to and including the
+/// last row's end-of-text token (the first maximal id of each row, as `argmax` pools), since
+/// causal attention makes every later position irrelevant to every row's pooled output.
+/// OpenCLIP runs all `context_length` positions; captions are usually much shorter.
+pub fn trimmed_length(tokens: &[i64], context_length: usize) -> usize {
+    if context_length == 0 {
+        return 0;
+    }
+    tokens
+        .chunks(context_length)
+        .map(|row| {
+            let max = row.iter().copied().max().unwrap_or(0);
+            row.iter().position(|&t| t == max).map_or(0, |i| i + 1)
+        })
+        .max()
+        .unwrap_or(context_length)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimming_keeps_every_rows_end_of_text() {
+        // Rows of 6: sot=9 … eot=10, padded with 0.
+        let tokens = [9, 3, 10, 0, 0, 0, 9, 4, 5, 10, 0, 0];
+        assert_eq!(trimmed_length(&tokens, 6), 4);
+        // A full row keeps everything; ties take the first maximum, as argmax does.
+        assert_eq!(trimmed_length(&[9, 1, 2, 3, 4, 10], 6), 6);
+        assert_eq!(trimmed_length(&[10, 10, 0, 0], 4), 1);
     }
 }

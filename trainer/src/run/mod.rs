@@ -28,11 +28,12 @@ use clipfleet_dataloader::tokenizer::Tokenizer;
 use indicatif::ProgressBar;
 
 use crate::config::TrainConfig;
-use crate::data::{DataPosition, TrainStream};
+use crate::data::{images_to_device, DataPosition, TrainStream};
 use crate::dist::{self, ProcessGroup, WorldInfo};
 use crate::error::{Result, TrainError};
 use crate::eval::{log_eval, EvalPlan, EvalReport};
 use crate::metrics::Metrics;
+use crate::step::DeviceBatch;
 pub use boundary::{Decision, Heartbeat, StepBoundary, StopRequest};
 pub use learner::{Learner, StepOutcome};
 use report::ReportWindow;
@@ -209,8 +210,12 @@ impl<'g> Run<'g> {
         let wait = Instant::now();
         let batch = self.data.next_batch()?;
         self.window.waited(wait.elapsed().as_secs_f64(), &self.metrics);
-        let ctx = self.learner.model().config().text_cfg.context_length;
-        let outcome = self.learner.step(self.step, batch.to_device(ctx, self.device))?;
+        let model = self.learner.model();
+        let on_device = DeviceBatch {
+            images: images_to_device(&batch.images, self.device),
+            tokens: model.text_input(&batch.tokens),
+        };
+        let outcome = self.learner.step(self.step, on_device)?;
         self.metrics.observe_all_gather(outcome.times.all_gather);
         self.metrics.observe_all_reduce(outcome.times.all_reduce);
         self.metrics.observe_optimizer(outcome.optimizer_seconds);
