@@ -1,6 +1,6 @@
 //! `clipfleet bench data`: the data-pipeline benchmark runs end to end on a tiny generated set
-//! and on user shards, and its JSON report is self-consistent (issue 3). The OpenCLIP
-//! reference is skipped here: it takes tens of seconds.
+//! and on user shards, and its JSON report is self-consistent (issue 3); OpenCLIP's reference
+//! pipeline runs once, on the smallest set.
 
 use crate::common::{ok, run, stderr};
 
@@ -58,4 +58,18 @@ fn bench_data_reports_sane_figures_and_reuses_its_shards() {
     assert_eq!(user["data"]["resampled"], false);
     assert_eq!(user["clipfleet"]["images"], 16);
     assert!(user["reference"].is_null(), "the reference runs with --train-data only when asked");
+}
+
+/// OpenCLIP's data pipeline (scripts/bench_data_reference.py) runs once on a tiny generated
+/// set, so that an API change in webdataset or open_clip shows up here (issue 10).
+#[test]
+fn bench_data_runs_openclips_pipeline_beside_its_own() {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(python.is_file(), "{} is missing: run scripts/setup.sh --test", python.display());
+    let args = ["--images", "16", "--batch-size", "8", "--batches", "2", "--threads", "1"];
+    let (r, _) = bench(&[&args[..], &["--reference-python", python.to_str().expect("utf-8")]].concat());
+    let reference = &r["reference"];
+    assert!(num(&reference["images_per_second"]) > 0.0, "{r}");
+    let expected = num(&r["images_per_second"]) / num(&reference["images_per_second"]);
+    assert!((num(&r["ratio"]) - expected).abs() <= 1e-9 * expected, "{r}");
 }

@@ -26,18 +26,7 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
     if args.json {
         super::print_json(e)?;
     } else {
-        println!(
-            "step {}: {}image→text R@1 {:.1}% R@5 {:.1}%, text→image R@1 {:.1}% R@5 {:.1}% over {} held-out pairs (chance R@1 {:.2}%); val loss {:.4}",
-            summary.step,
-            super::zero_shot_text(e),
-            100.0 * e.image_to_text_r1,
-            100.0 * e.image_to_text_r5,
-            100.0 * e.text_to_image_r1,
-            100.0 * e.text_to_image_r5,
-            e.num_samples,
-            100.0 / e.num_samples as f64,
-            e.val_loss
-        );
+        println!("step {}: {e}", summary.step);
         println!("checkpoint: {}", summary.checkpoint.display());
         println!("throughput: {:.1} samples/s", summary.samples_per_second);
     }

@@ -56,6 +56,37 @@ pub struct EvalReport {
     pub step: i64,
 }
 
+/// One line for people: zero-shot accuracy with its chance level (when there are classes),
+/// retrieval recalls in both directions with the chance level of R@1, and the loss.
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let (Some(top1), Some(top5)) = (self.zero_shot_top1, self.zero_shot_top5) {
+            write!(
+                f,
+                "zero-shot top-1 {:.1}% top-5 {:.1}% over {} classes (chance {:.1}%); ",
+                100.0 * top1,
+                100.0 * top5,
+                self.num_classes,
+                100.0 / self.num_classes.max(1) as f64
+            )?;
+        }
+        write!(
+            f,
+            "image→text R@1/5/10 {:.1}/{:.1}/{:.1}%, text→image R@1/5/10 {:.1}/{:.1}/{:.1}% over {} held-out pairs \
+             (chance R@1 {:.2}%); val loss {:.4}",
+            100.0 * self.image_to_text_r1,
+            100.0 * self.image_to_text_r5,
+            100.0 * self.image_to_text_r10,
+            100.0 * self.text_to_image_r1,
+            100.0 * self.text_to_image_r5,
+            100.0 * self.text_to_image_r10,
+            self.num_samples,
+            100.0 / self.num_samples.max(1) as f64,
+            self.val_loss
+        )
+    }
+}
+
 /// Fraction of rows whose true item (`truth[i]`) ranks within the top `k` of `scores[i]`.
 /// The rank is the number of candidates scoring strictly higher than the true one, so
 /// exact ties (identical captions) do not count against it.
