@@ -52,7 +52,7 @@ impl TrainStream {
     ///
     /// # Errors
     /// The data pipeline's errors; [`TrainError::DataEnded`] when the shard loader ends (it
-    /// only does with a fixed `train_num_samples` and no further epoch).
+    /// does when the epoch's length is unknown: no `sizes.json` and no `train_num_samples`).
     pub fn next_batch(&mut self) -> Result<HostBatch> {
         match self {
             TrainStream::Synthetic(s) => {
@@ -173,9 +173,4 @@ pub fn normalize_images(images: &Tensor) -> Tensor {
     let mean = Tensor::from_slice(&OPENAI_MEAN).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&OPENAI_STD).to_kind(Kind::Float).to_device(device).view([1, 3, 1, 1]);
     (x - mean) / std
-}
-
-/// Token ids to a [b, context_length] int64 tensor on `device`.
-pub fn tokens_to_tensor(tokens: &[i64], context_length: i64, device: Device) -> Tensor {
-    host_to_device(Tensor::from_slice(tokens).view([-1, context_length]), device)
 }

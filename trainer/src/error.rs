@@ -138,22 +138,14 @@ pub enum TrainError {
         /// The step it fails at.
         step: i64,
     },
-    /// The OpenCLIP reference of a benchmark could not run or printed no result.
-    #[error("the OpenCLIP reference ({python}): {reason}")]
-    Reference {
-        /// The python that ran it.
-        python: PathBuf,
-        /// What went wrong: its last stderr line, or the missing script.
-        reason: String,
-    },
     /// The Prometheus exporter could not be set up or could not listen.
     #[error("metrics exporter: {0}")]
     Metrics(String),
     /// The distributed setup or a collective failed.
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),
-    /// Training diverged.
-    #[error("loss is not finite at step {step}: {loss}")]
+    /// Training diverged: the loss of some rank is NaN or infinite (every rank stops).
+    #[error("the loss is not finite at step {step} on at least one rank (this rank's loss: {loss}); lower lr, set grad_clip_norm, or resume from an earlier checkpoint")]
     NonFiniteLoss {
         /// The optimizer step.
         step: i64,

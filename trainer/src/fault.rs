@@ -49,13 +49,13 @@ pub fn maybe_inject(point: FaultPoint, step: i64) {
     }
 }
 
-/// The `fail-on-rank-R:N` fault, read once per step: `Some((R, N))` when configured.
+/// The `fail-on-rank-R:N` fault, read once per run: `Some((R, N))` when configured.
 pub fn rank_failure() -> Option<(usize, i64)> {
     let (kind, step) = configured()?;
     Some((kind.strip_prefix("fail-on-rank-")?.parse().ok()?, step))
 }
 
-/// The `stop-on-rank-R:N` fault, read once per step: `Some((R, N))` when configured. Rank R
+/// The `stop-on-rank-R:N` fault, read once per run: `Some((R, N))` when configured. Rank R
 /// requests a stop (as a preemption signal would) before step N, so that the run ends at
 /// the boundary after it on every rank.
 pub fn stop_request() -> Option<(usize, i64)> {

@@ -58,7 +58,7 @@ pub struct DeviceBatch {
     /// This rank's images: uint8 [b, H, W, 3] (normalised by the step), or float
     /// [b, 3, H, W] already normalised.
     pub images: Tensor,
-    /// This rank's token ids, int64 [b, context_length].
+    /// This rank's token ids, int64 [b, L], L ≤ context_length ([`crate::model::Clip::text_input`]).
     pub tokens: Tensor,
 }
 
@@ -139,7 +139,7 @@ impl ContrastiveStep<'_> {
     ///
     /// # Shapes
     /// `batch.images`: [b, H, W, 3] uint8 (or [b, 3, H, W] float, taken as normalised),
-    /// `batch.tokens`: [b, context_length] int64, b divisible by `accum`.
+    /// `batch.tokens`: [b, L] int64 (L ≤ context_length), b divisible by `accum`.
     pub fn backward(&self, model: &Clip, batch: &DeviceBatch, accum: i64, replay: RngReplay) -> Result<StepOutput> {
         let (images, tokens) = (&batch.images, &batch.tokens);
         let b = images.size()[0];

@@ -17,8 +17,17 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
         ..TrainOptions::default()
     };
     let summary = train(&cfg, &opts).context("training failed")?;
-    if summary.stopped && summary.world.rank == 0 {
-        println!("stopped at step {} on request; checkpoint: {}", summary.step, summary.checkpoint.display());
+    if summary.stopped {
+        if summary.world.rank == 0 {
+            let checkpoint = summary.checkpoint.display().to_string();
+            if args.json {
+                super::print_json(
+                    &serde_json::json!({"stopped": true, "step": summary.step, "checkpoint": checkpoint}),
+                )?;
+            } else {
+                println!("stopped at step {} on request; checkpoint: {checkpoint}", summary.step);
+            }
+        }
         return Ok(());
     }
     // Rank 0 evaluates and reports; the other workers have nothing to add.

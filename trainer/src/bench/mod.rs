@@ -81,6 +81,14 @@ pub struct TrainBenchReport {
 /// device before timing and cycled. The first `min(steps, BATCH_POOL)` steps are exactly
 /// `clipfleet train`'s first steps with the same config.
 pub fn train_step(bench: &TrainBench) -> Result<TrainBenchReport> {
+    if bench.steps < 1 || bench.warmup < 0 {
+        return Err(crate::error::ConfigError::invalid(
+            "steps/warmup",
+            format!("{}/{}", bench.steps, bench.warmup),
+            "timed steps >= 1 and warm-up steps >= 0",
+        )
+        .into());
+    }
     let mut cfg = bench.config.clone();
     cfg.steps = bench.warmup + bench.steps;
     cfg.validate()?;

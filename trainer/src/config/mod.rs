@@ -360,6 +360,41 @@ mod tests {
         assert!(err.contains("caption_key") && err.contains("json:FIELD"), "{err}");
     }
 
+    /// The flags parse as `clipfleet train` declares them (a clap `Args` of the overrides).
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        overrides: TrainOverrides,
+    }
+
+    fn apply(args: &[&str], mut cfg: TrainConfig) -> TrainConfig {
+        use clap::Parser;
+        let flags = Flags::try_parse_from(std::iter::once("train").chain(args.iter().copied())).unwrap();
+        flags.overrides.apply(&mut cfg);
+        cfg
+    }
+
+    #[test]
+    fn flags_override_their_keys() {
+        let cfg = apply(
+            &["--tf32", "false", "--dataset-resampled", "--lr", "0.01", "--grad-clip-norm", "1"],
+            TrainConfig::default(),
+        );
+        assert!(!cfg.tf32 && cfg.dataset_resampled && cfg.fused_adamw);
+        assert_eq!((cfg.lr, cfg.grad_clip_norm), (0.01, Some(1.0)));
+        let cfg = apply(
+            &["--tf32", "--precision", "pure_bf16", "--device", "cuda:1"],
+            TrainConfig { tf32: false, ..Default::default() },
+        );
+        assert!(cfg.tf32);
+        assert_eq!((cfg.precision, cfg.device), (PrecisionMode::PureBf16, DeviceSpec::Cuda(1)));
+        // --model names the preset to train, over a model_config from the file.
+        let file = TrainConfig { model_config: Some("m.json".into()), ..Default::default() };
+        assert_eq!(apply(&["--model", "small"], file.clone()).model_config, None);
+        assert_eq!(apply(&["--batch-size", "4"], file.clone()).model_config, file.model_config);
+        assert_eq!(apply(&[], file.clone()), file);
+    }
+
     #[test]
     fn typed_values_keep_their_config_spelling() {
         let text = "lr_scheduler = \"const\"\nprecision = \"pure_bf16\"\ndevice = \"cuda:1\"\nloss = \"siglip\"\n\

@@ -156,7 +156,8 @@ pub fn evaluate_checkpoint(path: &Path, request: &CheckpointEval) -> Result<(Pat
     let ck = Checkpoint::open(&dir)?;
     let cfg = &ck.state.train_config;
     let device = resolve_device(request.device.unwrap_or(DeviceSpec::Auto))?;
-    let precision = Precision::resolve(cfg.precision, device)?;
+    // The evaluation never autocasts: an amp_bf16 run's fp32 weights evaluate on a CPU too.
+    let precision = Precision::resolve(cfg.precision, device).unwrap_or(Precision::Fp32);
     precision.configure(cfg.tf32)?;
     let mut model = Clip::new(&ck.state.model_config, device)?;
     model.set_parameter_kind(precision.parameter_kind());

@@ -105,7 +105,7 @@ impl Clip {
     /// Unnormalised text embeddings.
     ///
     /// # Shapes
-    /// `tokens`: [batch, context_length] int64 → [batch, embed_dim].
+    /// `tokens`: [batch, L] int64, L ≤ context_length (see [`Clip::text_input`]) → [batch, embed_dim].
     pub fn encode_text(&self, tokens: &Tensor) -> Tensor {
         self.text.forward(tokens)
     }
@@ -114,7 +114,7 @@ impl Clip {
     /// float16 features (pure bf16 weights, autocast) come out as float32, which the losses use.
     ///
     /// # Shapes
-    /// `images`: [b, 3, H, W], `tokens`: [b, context_length] → ([b, embed_dim], [b, embed_dim]).
+    /// `images`: [b, 3, H, W], `tokens`: [b, L], L ≤ context_length → ([b, embed_dim], [b, embed_dim]).
     pub fn forward(&self, images: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
         let f32 = |x: Tensor| match x.kind() {
             tch::Kind::BFloat16 | tch::Kind::Half => x.to_kind(tch::Kind::Float),

@@ -75,6 +75,10 @@ impl TextTransformer {
     /// [batch, embed_dim].
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
         let len = tokens.size()[1];
+        debug_assert!(
+            self.causal || len == self.positional_embedding.size()[0],
+            "only a causal tower takes trimmed rows"
+        );
         let x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false);
         let x = x + self.positional_embedding.narrow(0, 0, len);
         let x = self.transformer.forward(&x, self.causal);
@@ -91,7 +95,7 @@ impl TextTransformer {
 }
 
 /// The positions a causal text tower needs of a batch of token rows: up to and including the
-/// last row's end-of-text token (the first maximal id of each row, as `argmax` pools), since
+/// furthest pooled token over the rows (each row's first maximal id, as `argmax` pools), since
 /// causal attention makes every later position irrelevant to every row's pooled output.
 /// OpenCLIP runs all `context_length` positions; captions are usually much shorter.
 pub fn trimmed_length(tokens: &[i64], context_length: usize) -> usize {

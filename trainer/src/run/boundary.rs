@@ -87,3 +87,27 @@ impl StepBoundary {
         Ok(Decision { stop: votes[0] > 0.0, non_finite_loss: votes[1] > 0.0 })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::{SingleGroup, WorldInfo};
+
+    #[test]
+    fn the_boundary_decides_on_stop_requests_and_non_finite_losses_and_beats() {
+        let group = SingleGroup::new(&WorldInfo::single()).unwrap();
+        let boundary = StepBoundary::default();
+        assert_eq!(boundary.heartbeat.last_step(), -1);
+        let finite = Tensor::from(2.5f32);
+        let decide = |loss: &Tensor, step| boundary.agree(&group, step, loss).unwrap();
+        assert_eq!(decide(&finite, 1), Decision { stop: false, non_finite_loss: false });
+        assert_eq!(boundary.heartbeat.last_step(), 1);
+        assert_eq!(decide(&Tensor::from(f32::NAN), 2), Decision { stop: false, non_finite_loss: true });
+        assert!(decide(&Tensor::from(f32::INFINITY), 3).non_finite_loss);
+        // A handle given away (as to a signal handler) asks the run to stop.
+        boundary.stop.clone().request();
+        assert_eq!(decide(&finite, 4), Decision { stop: true, non_finite_loss: false });
+        assert_eq!(decide(&Tensor::from(f32::NAN), 5), Decision { stop: true, non_finite_loss: true });
+        assert_eq!(boundary.heartbeat.last_step(), 5);
+    }
+}

@@ -1,5 +1,5 @@
 //! The training run of one worker, as a type: [`Run::start`] sets it up (config, process
-//! group, resume), then the loop of [`train`] reads as one page — a step, the step boundary
+//! group, resume), then the loop of [`train`] (`run_to_end`) reads as one page — a step, the step boundary
 //! every rank agrees on, and the periodic report, checkpoint and evaluation.
 //!
 //! With one worker the collectives are the identity; with W workers each reads its rows of
@@ -104,7 +104,8 @@ pub struct Run<'g> {
     group: &'g dyn ProcessGroup,
     device: tch::Device,
     learner: Learner<'g>,
-    data: TrainStream,
+    /// `None` once the loop is over: the producers stop before the final checkpoint.
+    data: Option<TrainStream>,
     tokenizer: Arc<dyn Tokenizer>,
     store: Option<Arc<ShardStore>>,
     eval: EvalPlan,
@@ -120,6 +121,17 @@ pub struct Run<'g> {
     resumed_from: Option<PathBuf>,
     last_loss: f64,
     started: Instant,
+    /// When the training loop ended, for the throughput.
+    ended: Option<Instant>,
+    /// The test faults (`CLIPFLEET_FAULT`), read once.
+    faults: Faults,
+}
+
+/// The `fail-on-rank-R:N` and `stop-on-rank-R:N` test faults of [`crate::fault`].
+#[derive(Debug, Clone, Copy)]
+struct Faults {
+    fail: Option<(usize, i64)>,
+    stop: Option<(usize, i64)>,
 }
 
 /// Trains this worker according to `cfg`, on `train_data` shards or the synthetic data.
@@ -174,7 +186,7 @@ fn run_to_end(
         if run.report_due() {
             run.report(&outcome)?;
         }
-        if decision.stop {
+        if decision.stop && !run.done() {
             tracing::info!(step = run.step, "stop requested: checkpointing and ending the run at this step");
             return run.finish_early();
         }
@@ -194,21 +206,17 @@ impl<'g> Run<'g> {
         self.step >= self.cfg.steps
     }
 
-    /// Optimizer steps completed.
-    pub fn steps_done(&self) -> i64 {
-        self.step
-    }
-
     /// Runs the next optimizer step on the next batch of the stream.
     pub fn step(&mut self) -> Result<StepOutcome> {
-        if crate::fault::rank_failure() == Some((self.group.rank(), self.step)) {
+        if self.faults.fail == Some((self.group.rank(), self.step)) {
             return Err(TrainError::InjectedFault { rank: self.group.rank(), step: self.step });
         }
-        if crate::fault::stop_request() == Some((self.group.rank(), self.step)) {
+        if self.faults.stop == Some((self.group.rank(), self.step)) {
             self.boundary.stop.request();
         }
         let wait = Instant::now();
-        let batch = self.data.next_batch()?;
+        let data = self.data.as_mut().ok_or(TrainError::DataEnded)?;
+        let batch = data.next_batch()?;
         self.window.waited(wait.elapsed().as_secs_f64(), &self.metrics);
         let model = self.learner.model();
         let on_device = DeviceBatch {
@@ -255,7 +263,9 @@ impl<'g> Run<'g> {
         let global_batch = self.global_batch();
         self.last_loss = self.window.report(outcome, &self.learner, self.group, &self.metrics, global_batch)?;
         let bytes_read = self.store.as_ref().map(|s| s.bytes_read().load(std::sync::atomic::Ordering::Relaxed));
-        self.window.sync_data(&self.metrics, &self.data, bytes_read);
+        if let Some(data) = &self.data {
+            self.window.sync_data(&self.metrics, data, bytes_read);
+        }
         if let Some(pb) = &self.progress {
             pb.set_message(format!("loss {:.3} · {:.0} samples/s", self.last_loss, self.window.last_rate()));
         }
@@ -288,6 +298,7 @@ impl<'g> Run<'g> {
     /// Ends a run that completed its steps: the final checkpoint (unless the run resumed
     /// at its last step and trained none), the final evaluation into `eval.json`.
     pub fn finish(mut self) -> Result<TrainSummary> {
+        self.end_loop();
         let checkpoint = match (&self.resumed_from, self.step == self.first_step) {
             (Some(dir), true) => dir.clone(),
             _ => self.checkpoint()?,
@@ -301,13 +312,21 @@ impl<'g> Run<'g> {
 
     /// Ends a run at a stop request: a checkpoint of the current step, no evaluation.
     pub fn finish_early(mut self) -> Result<TrainSummary> {
+        self.end_loop();
         let checkpoint = self.checkpoint()?;
         Ok(self.summary(checkpoint, None, true))
     }
 
+    /// Stops the data producers and the throughput clock.
+    fn end_loop(&mut self) {
+        self.ended = Some(Instant::now());
+        self.data = None;
+    }
+
     fn summary(self, checkpoint: PathBuf, eval: Option<EvalReport>, stopped: bool) -> TrainSummary {
         let trained = self.step - self.first_step;
-        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        let seconds = ended.duration_since(self.started).as_secs_f64().max(1e-9);
         if let Some(pb) = &self.progress {
             pb.finish_and_clear();
         }

@@ -224,7 +224,7 @@ impl<'g> Run<'g> {
             group,
             device,
             learner,
-            data,
+            data: Some(data),
             tokenizer,
             store,
             eval: EvalPlan::for_run(cfg, image_size, group.world_size()),
@@ -239,6 +239,8 @@ impl<'g> Run<'g> {
             resumed_from: resume.map(|ck| ck.dir),
             last_loss: f64::NAN,
             started: Instant::now(),
+            ended: None,
+            faults: super::Faults { fail: crate::fault::rank_failure(), stop: crate::fault::stop_request() },
         })
     }
 
