@@ -76,7 +76,9 @@ pub struct TrainBenchReport {
     pub peak_memory_bytes: Option<u64>,
 }
 
-/// Times `bench.warmup + bench.steps` training steps of one process on the first
+/// Times `bench.warmup + bench.steps` training steps of one process — each
+/// [`Learner::step`] followed by the step boundary's agreement, as in `clipfleet train`, so
+/// the boundary's host read is timed too — on the first
 /// [`BATCH_POOL`] batches of the run's training stream (the synthetic data), staged on the
 /// device before timing and cycled. The first `min(steps, BATCH_POOL)` steps are exactly
 /// `clipfleet train`'s first steps with the same config.
@@ -101,9 +103,13 @@ pub fn train_step(bench: &TrainBench) -> Result<TrainBenchReport> {
     let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
     let mut learner = Learner::new(&cfg, &model_cfg, device, &group)?;
     let pool = staged_batches(&cfg, &model_cfg, tokenizer, learner.model(), (cfg.steps as usize).min(BATCH_POOL))?;
-    let batch = |i: i64| {
+    let boundary = crate::run::StepBoundary::default();
+    let mut step = |i: i64| -> Result<()> {
         let b = &pool[i as usize % pool.len()];
-        DeviceBatch { images: b.images.shallow_clone(), tokens: b.tokens.shallow_clone() }
+        let outcome =
+            learner.step(i, DeviceBatch { images: b.images.shallow_clone(), tokens: b.tokens.shallow_clone() })?;
+        boundary.agree(&group, outcome.step, &outcome.loss)?;
+        Ok(())
     };
     let sync = || {
         if let Device::Cuda(n) = device {
@@ -111,13 +117,13 @@ pub fn train_step(bench: &TrainBench) -> Result<TrainBenchReport> {
         }
     };
     for i in 0..bench.warmup {
-        learner.step(i, batch(i))?;
+        step(i)?;
     }
     sync();
     let memory = PeakMemory::start(device)?;
     let t = Instant::now();
     for i in bench.warmup..cfg.steps {
-        learner.step(i, batch(i))?;
+        step(i)?;
     }
     sync();
     let seconds = t.elapsed().as_secs_f64();

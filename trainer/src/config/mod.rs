@@ -395,6 +395,14 @@ mod tests {
         assert_eq!(apply(&[], file.clone()), file);
     }
 
+    /// Checkpoints written before `dist_backend` was a type may spell it in capitals.
+    #[test]
+    fn dist_backend_parses_as_before() {
+        let cfg: TrainConfig = toml::from_str("dist_backend = \" NCCL\"\n").unwrap();
+        assert_eq!(cfg.dist_backend, BackendChoice::Nccl);
+        assert!(toml::to_string(&cfg).unwrap().contains("dist_backend = \"nccl\""));
+    }
+
     #[test]
     fn typed_values_keep_their_config_spelling() {
         let text = "lr_scheduler = \"const\"\nprecision = \"pure_bf16\"\ndevice = \"cuda:1\"\nloss = \"siglip\"\n\

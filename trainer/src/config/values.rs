@@ -69,9 +69,10 @@ impl fmt::Display for PrecisionMode {
     }
 }
 
-/// The process group asked for.
+/// The process group asked for. Parsed case-insensitively, as configs (and the checkpoints
+/// that embed them) written before it was a type spelled it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 #[value(rename_all = "snake_case")]
 pub enum BackendChoice {
     /// `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`), else `single` for one worker,
@@ -94,6 +95,20 @@ impl BackendChoice {
             BackendChoice::Nccl => Some(Backend::Nccl),
             BackendChoice::Mpi => Some(Backend::Mpi),
             BackendChoice::Single => Some(Backend::Single),
+        }
+    }
+}
+
+impl TryFrom<String> for BackendChoice {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "nccl" => Ok(BackendChoice::Nccl),
+            "mpi" => Ok(BackendChoice::Mpi),
+            "single" => Ok(BackendChoice::Single),
+            _ => Err(ConfigError::invalid("dist_backend", s, "auto, nccl, mpi, single")),
         }
     }
 }
