@@ -142,6 +142,14 @@ pub(crate) struct TrainArgs {
     /// Print the final evaluation as one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The checkpoint signal besides SIGTERM and SIGINT: USR1, USR2 or HUP. Any of them stops the
+    /// run at the next step with a checkpoint and exit status 75.
+    #[arg(long, value_name = "SIG", default_value = "USR1")]
+    pub(crate) stop_signal: clipfleet_trainer::run::StopSignal,
+    /// Seconds from a stop signal to a forced exit without a checkpoint, when the stop has not
+    /// finished by then.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0, value_parser = parse_seconds)]
+    pub(crate) stop_grace: f64,
     /// One flag per config key (docs/configuration.md).
     #[command(flatten)]
     pub(crate) overrides: clipfleet_trainer::config::TrainOverrides,

@@ -19,7 +19,11 @@ fn main() -> ExitCode {
     let is_launch = matches!(cli.command, cli::Command::Launch(_));
     let _span = (!is_launch).then(|| tracing::info_span!("worker", rank).entered());
     let result = match cli.command {
-        cli::Command::Train(args) => commands::train::run(*args, bar),
+        // A run stopped on request exits 75 ("checkpointed, requeue me").
+        cli::Command::Train(args) => match commands::train::run(*args, bar) {
+            Ok(code) => return code,
+            Err(err) => Err(err),
+        },
         cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Embed(args) => commands::embed::run(args),
         cli::Command::Bench(cli::BenchCommand::Train(args)) => commands::bench::train(args),

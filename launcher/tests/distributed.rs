@@ -305,7 +305,8 @@ fn a_stop_request_on_one_rank_ends_every_rank_at_the_same_step_with_a_checkpoint
     let tmp = tempfile::tempdir().expect("tempdir");
     let two = tmp.path().join("two");
     let args = launch_args(2, &[], &with_batch(tiny_args(&two, 10, 0), 8));
-    let out = ok(crate::common::run_env(&refs(&args), &[("CLIPFLEET_FAULT", "stop-on-rank-1:2")]));
+    let out = crate::common::run_env(&refs(&args), &[("CLIPFLEET_FAULT", "stop-on-rank-1:2")]);
+    assert_eq!(out.status.code(), Some(75), "checkpointed, requeue me: {}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("stopped at step 3"), "{stdout}\n{}", stderr(&out));
     let latest = std::fs::read_to_string(two.join("checkpoints/latest")).expect("latest");

@@ -12,4 +12,5 @@ mod embed;
 mod launch;
 mod resume;
 mod shards;
+mod stop;
 mod train_shards;

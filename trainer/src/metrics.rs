@@ -40,6 +40,10 @@ pub const RECALL_K: [u32; 3] = [1, 5, 10];
 /// The `direction` values of `clipfleet_eval_retrieval_recall{direction,k}`.
 pub const RECALL_DIRECTIONS: [&str; 2] = ["image_to_text", "text_to_image"];
 
+/// The `signal` values of `clipfleet_stop_requests_total{signal}` (`none`: a request made by
+/// the program, as the `stop-on-rank` test fault does).
+pub const STOP_SIGNAL_LABELS: [&str; 6] = ["SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "none"];
+
 /// What the optimizer steps since the last observation did, for [`Metrics::observe_step`].
 /// The training loop reads the loss back only every `log_every` steps (no host sync per
 /// step), so one observation covers that window.
@@ -89,6 +93,9 @@ pub struct Metrics {
     skips_synced: Mutex<[u64; SkipReason::ALL.len()]>,
     shard_bytes_read: IntCounter,
     restarts: IntCounter,
+    /// `[SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, none]`, in [`STOP_SIGNAL_LABELS`] order.
+    stop_requests: Vec<IntCounter>,
+    slurm_restart_count: IntGauge,
     gpu_memory_allocated: IntGauge,
     eval_top1: Gauge,
     eval_top5: Gauge,
@@ -129,6 +136,15 @@ impl Metrics {
         let recall_row = |direction: &str| -> Result<[Gauge; 3]> {
             Ok([recall(direction, RECALL_K[0])?, recall(direction, RECALL_K[1])?, recall(direction, RECALL_K[2])?])
         };
+        let stop_vec = r.int_counter_vec(
+            "clipfleet_stop_requests_total",
+            "Stop requests (preemption, time limit) this process received, by signal.",
+            &["signal"],
+        )?;
+        let stop_requests = STOP_SIGNAL_LABELS
+            .iter()
+            .map(|signal| stop_vec.get_metric_with_label_values(&[signal]).map_err(metrics_error))
+            .collect::<Result<Vec<_>>>()?;
         let step_histogram = |name: &str, help: &str| r.histogram(name, help, &STEP_BUCKETS);
         Ok(Metrics {
             step: r.int_gauge("clipfleet_step", "The last optimizer step completed.")?,
@@ -157,6 +173,11 @@ impl Metrics {
             shard_bytes_read: r
                 .int_counter("clipfleet_shard_bytes_read_total", "Bytes of shards read from storage.")?,
             restarts: r.int_counter("clipfleet_restarts_total", "Times this process resumed a run.")?,
+            stop_requests,
+            slurm_restart_count: r.int_gauge(
+                "clipfleet_slurm_restart_count",
+                "Times Slurm requeued this job (SLURM_RESTART_COUNT; 0 outside Slurm).",
+            )?,
             gpu_memory_allocated: r
                 .int_gauge("clipfleet_gpu_memory_allocated_bytes", "GPU memory allocated by tensors.")?,
             eval_top1: r.gauge("clipfleet_eval_zero_shot_top1", "Held-out zero-shot top-1 accuracy (0..1).")?,
@@ -252,6 +273,18 @@ impl Metrics {
     /// checkpoint.
     pub fn record_restart(&self) {
         self.restarts.inc();
+    }
+
+    /// Adds one to `clipfleet_stop_requests_total{signal}`; `signal` is one of
+    /// [`STOP_SIGNAL_LABELS`] (anything else counts as `none`).
+    pub fn record_stop_request(&self, signal: &str) {
+        let i = STOP_SIGNAL_LABELS.iter().position(|&l| l == signal).unwrap_or(STOP_SIGNAL_LABELS.len() - 1);
+        self.stop_requests[i].inc();
+    }
+
+    /// Sets `clipfleet_slurm_restart_count`.
+    pub fn set_slurm_restart_count(&self, count: u32) {
+        self.slurm_restart_count.set(i64::from(count));
     }
 
     /// Sets `clipfleet_gpu_memory_allocated_bytes`.
@@ -376,6 +409,8 @@ mod tests {
             "clipfleet_shard_bytes_read_total",
             "clipfleet_checkpoint_seconds_bucket",
             "clipfleet_restarts_total",
+            "clipfleet_stop_requests_total",
+            "clipfleet_slurm_restart_count",
             "clipfleet_gpu_memory_allocated_bytes",
             "clipfleet_eval_zero_shot_top1",
             "clipfleet_eval_zero_shot_top5",
@@ -392,6 +427,23 @@ mod tests {
             assert!(text.contains(&format!(r#"reason="{}""#, reason.as_str())), "{reason}");
         }
         assert!(Metrics::new("", 0).is_err());
+    }
+
+    #[test]
+    fn stop_requests_count_by_signal_and_the_slurm_restart_count_is_a_gauge() {
+        let m = Metrics::new("j", 0).expect("metrics");
+        m.record_stop_request("SIGUSR1");
+        m.record_stop_request("SIGUSR1");
+        m.record_stop_request("SIGTERM");
+        m.record_stop_request("whatever");
+        m.set_slurm_restart_count(3);
+        let text = m.render().expect("render");
+        let value = |prefix: &str| line(&text, prefix).rsplit(' ').next().unwrap().to_string();
+        assert_eq!(value(r#"clipfleet_stop_requests_total{job="j",rank="0",signal="SIGUSR1"}"#), "2");
+        assert_eq!(value(r#"clipfleet_stop_requests_total{job="j",rank="0",signal="SIGTERM"}"#), "1");
+        assert_eq!(value(r#"clipfleet_stop_requests_total{job="j",rank="0",signal="SIGHUP"}"#), "0");
+        assert_eq!(value(r#"clipfleet_stop_requests_total{job="j",rank="0",signal="none"}"#), "1");
+        assert_eq!(value(r#"clipfleet_slurm_restart_count{job="j",rank="0"}"#), "3");
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! `clipfleet train`: the config file, overridden by flags, then the training run.
 
+use std::process::ExitCode;
+use std::time::Duration;
+
 use anyhow::Context;
-use clipfleet_trainer::run::{train, Resume, TrainOptions};
+use clipfleet_trainer::run::{signals, train, Resume, TrainOptions, EXIT_CHECKPOINTED};
 use clipfleet_trainer::TrainConfig;
 use indicatif::ProgressBar;
 
 use crate::cli::TrainArgs;
 
-pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
+/// Trains; the exit status is 0 for a finished run and [`EXIT_CHECKPOINTED`] (75) for a run
+/// that stopped on request with a checkpoint.
+pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<ExitCode> {
     let cfg = TrainConfig::resolve(args.config.as_deref(), &args.overrides)?;
     let restarted = std::env::var("CLIPFLEET_RESTART_COUNT").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) > 0;
     let opts = TrainOptions {
@@ -16,6 +21,8 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
         restarted,
         ..TrainOptions::default()
     };
+    signals::install(args.stop_signal, Duration::from_secs_f64(args.stop_grace), opts.boundary.stop.clone())
+        .context("installing the stop-signal handlers")?;
     let summary = train(&cfg, &opts).context("training failed")?;
     if summary.stopped {
         if summary.world.rank == 0 {
@@ -28,10 +35,14 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
                 println!("stopped at step {} on request; checkpoint: {checkpoint}", summary.step);
             }
         }
-        return Ok(());
+        tracing::info!(
+            step = summary.step,
+            "stopped on request with a checkpoint: exit status {EXIT_CHECKPOINTED} (resume with --resume latest)"
+        );
+        return Ok(ExitCode::from(EXIT_CHECKPOINTED));
     }
     // Rank 0 evaluates and reports; the other workers have nothing to add.
-    let Some(e) = &summary.eval else { return Ok(()) };
+    let Some(e) = &summary.eval else { return Ok(ExitCode::SUCCESS) };
     if args.json {
         super::print_json(e)?;
     } else {
@@ -39,5 +50,5 @@ pub(crate) fn run(args: TrainArgs, bar: ProgressBar) -> anyhow::Result<()> {
         println!("checkpoint: {}", summary.checkpoint.display());
         println!("throughput: {:.1} samples/s", summary.samples_per_second);
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@
 //! the votes (a sum: any vote counts) makes the decision the same on every rank, so no rank leaves the loop while
 //! another enters the next step's collectives. With one worker the vote is the decision.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use tch::{Kind, Tensor};
@@ -15,19 +15,54 @@ use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::Result;
 
 /// A request to end the run at the next step boundary, with a checkpoint. Cloned handles
-/// share one flag: a signal handler or another thread sets it, the run reads it.
+/// share one flag: a signal watcher ([`super::signals`]) or another thread sets it, the run
+/// reads it.
 #[derive(Debug, Clone, Default)]
-pub struct StopRequest(Arc<AtomicBool>);
+pub struct StopRequest(Arc<AtomicI32>);
+
+/// What asked a run to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// This signal number.
+    Signal(i32),
+    /// The program itself ([`StopRequest::request`]), as the `stop-on-rank` test fault does.
+    Program,
+}
+
+impl StopCause {
+    /// The `signal` label of `clipfleet_stop_requests_total`: `SIGTERM`, …, or `none`.
+    pub fn label(self) -> &'static str {
+        match self {
+            StopCause::Signal(signal) => super::signals::signal_name(signal),
+            StopCause::Program => "none",
+        }
+    }
+}
 
 impl StopRequest {
     /// Asks the run to stop at its next step boundary.
     pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        let _ = self.0.compare_exchange(0, -1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Asks the run to stop at its next step boundary because `signal` arrived. The first
+    /// request's cause is kept.
+    pub fn request_by(&self, signal: i32) {
+        let _ = self.0.compare_exchange(0, signal.max(1), Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Whether a stop was requested.
     pub fn is_requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.load(Ordering::SeqCst) != 0
+    }
+
+    /// What asked for the stop, if anything did.
+    pub fn cause(&self) -> Option<StopCause> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            -1 => Some(StopCause::Program),
+            signal => Some(StopCause::Signal(signal)),
+        }
     }
 }
 
@@ -105,7 +140,11 @@ mod tests {
         assert_eq!(decide(&Tensor::from(f32::NAN), 2), Decision { stop: false, non_finite_loss: true });
         assert!(decide(&Tensor::from(f32::INFINITY), 3).non_finite_loss);
         // A handle given away (as to a signal handler) asks the run to stop.
-        boundary.stop.clone().request();
+        assert_eq!(boundary.stop.cause(), None);
+        boundary.stop.clone().request_by(libc::SIGUSR1);
+        boundary.stop.request_by(libc::SIGTERM);
+        assert_eq!(boundary.stop.cause(), Some(StopCause::Signal(libc::SIGUSR1)), "the first cause is kept");
+        assert_eq!(boundary.stop.cause().map(StopCause::label), Some("SIGUSR1"));
         assert_eq!(decide(&finite, 4), Decision { stop: true, non_finite_loss: false });
         assert_eq!(decide(&Tensor::from(f32::NAN), 5), Decision { stop: true, non_finite_loss: true });
         assert_eq!(boundary.heartbeat.last_step(), 5);

@@ -16,6 +16,7 @@ pub mod boundary;
 mod commit;
 pub mod learner;
 mod report;
+pub mod signals;
 mod start;
 
 use std::path::PathBuf;
@@ -34,9 +35,10 @@ use crate::error::{Result, TrainError};
 use crate::eval::{log_eval, EvalPlan, EvalReport};
 use crate::metrics::Metrics;
 use crate::step::DeviceBatch;
-pub use boundary::{Decision, Heartbeat, StepBoundary, StopRequest};
+pub use boundary::{Decision, Heartbeat, StepBoundary, StopCause, StopRequest};
 pub use learner::{Learner, StepOutcome};
 use report::ReportWindow;
+pub use signals::{StopSignal, EXIT_CHECKPOINTED};
 
 /// Where to resume from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +127,8 @@ pub struct Run<'g> {
     ended: Option<Instant>,
     /// The test faults (`CLIPFLEET_FAULT`), read once.
     faults: Faults,
+    /// This worker's stop request is in `clipfleet_stop_requests_total`.
+    stop_counted: bool,
 }
 
 /// The `fail-on-rank-R:N` and `stop-on-rank-R:N` test faults of [`crate::fault`].
@@ -241,7 +245,11 @@ impl<'g> Run<'g> {
     }
 
     /// Agrees with every rank on what follows the step just run ([`StepBoundary`]).
-    pub fn boundary(&self, outcome: &StepOutcome) -> Result<Decision> {
+    pub fn boundary(&mut self, outcome: &StepOutcome) -> Result<Decision> {
+        if let (Some(cause), false) = (self.boundary.stop.cause(), self.stop_counted) {
+            self.metrics.record_stop_request(cause.label());
+            self.stop_counted = true;
+        }
         self.boundary.agree(self.group, outcome.step, &outcome.loss)
     }
 

@@ -212,6 +212,10 @@ impl<'g> Run<'g> {
         if resume.is_some() {
             metrics.record_restart();
         }
+        if let Some(count) = slurm_restart_count() {
+            metrics.set_slurm_restart_count(count);
+            tracing::info!(slurm_restart_count = count, job_id = %std::env::var("SLURM_JOB_ID").unwrap_or_default(), "Slurm job, restart {count}");
+        }
         let progress = opts.progress.clone().filter(|_| group.rank() == 0);
         if let Some(pb) = &progress {
             pb.set_length(cfg.steps as u64);
@@ -241,6 +245,7 @@ impl<'g> Run<'g> {
             started: Instant::now(),
             ended: None,
             faults: super::Faults { fail: crate::fault::rank_failure(), stop: crate::fault::stop_request() },
+            stop_counted: false,
         })
     }
 
@@ -325,6 +330,15 @@ fn open_stream(
         prefetch: cfg.prefetch,
     };
     Ok(TrainStream::Synthetic(SyntheticStream::start(stream_cfg, tokenizer, at.data)?))
+}
+
+/// `SLURM_RESTART_COUNT` (the times Slurm requeued this job; unset before the first requeue):
+/// `Some(0)` in a Slurm job that never restarted, `None` outside Slurm.
+fn slurm_restart_count() -> Option<u32> {
+    match std::env::var("SLURM_RESTART_COUNT") {
+        Ok(count) => count.trim().parse().ok(),
+        Err(_) => std::env::var_os("SLURM_JOB_ID").map(|_| 0),
+    }
 }
 
 /// The metrics of this worker, served over HTTP when `metrics_port` is set (the workers of

@@ -9,8 +9,10 @@
 //! - [`folders`]: the launcher's private folder (error files, the `libnccl.so` link), refused if
 //!   another user could have planted files in it.
 //!
-//! The launcher exits 0 when every worker did, with the first failed worker's status (128 + the
-//! signal for a signal) once restarts are used up, and 128 + the signal when it is stopped.
+//! The launcher exits 0 when every worker did; 75 when the workers stopped on request with a
+//! checkpoint (never restarted: the scheduler requeues the job); the first failed worker's
+//! status (128 + the signal for a signal) once restarts are used up; and 128 + the signal when
+//! a stop signal ended workers that did not checkpoint.
 
 mod folders;
 mod resume;
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clipfleet_trainer::dist::error_file;
+use clipfleet_trainer::run::EXIT_CHECKPOINTED;
 
 use crate::cli::LaunchArgs;
 use folders::LaunchFolder;
@@ -94,7 +97,7 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
     let mut restarts = 0u32;
     loop {
         // A stop signal between attempts (e.g. during a restart) ends the launch.
-        if let Some(signal) = signals::take_pending().into_iter().find(|&s| signals::is_stop(s)) {
+        if let Some(signal) = signals::take_pending().into_iter().next() {
             tracing::warn!("received {}: not restarting", signals::name(signal));
             return Ok(signal_exit(signal));
         }
@@ -115,6 +118,13 @@ pub(crate) fn run(args: LaunchArgs) -> Result<ExitCode> {
             Ended::Succeeded => {
                 tracing::info!("all workers finished");
                 return Ok(ExitCode::SUCCESS);
+            }
+            Ended::Checkpointed => {
+                tracing::warn!(
+                    "the workers stopped on request with a checkpoint: exit status {EXIT_CHECKPOINTED} \
+                     (continue with `train --resume latest`)"
+                );
+                return Ok(ExitCode::from(EXIT_CHECKPOINTED));
             }
             Ended::Stopped(signal) => {
                 tracing::warn!("stopped by {}", signals::name(signal));

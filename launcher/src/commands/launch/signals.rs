@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use libc::c_int;
 
-/// The signals the launcher catches and forwards to its workers.
-pub(crate) const CAUGHT: [c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
+/// The signals the launcher catches and forwards to its workers: each is a stop request
+/// (SIGTERM and SIGINT, and the checkpoint signals a `train --stop-signal` may name).
+pub(crate) const CAUGHT: [c_int; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
 /// One bit per signal number that arrived since the last [`take_pending`].
 static PENDING: AtomicU32 = AtomicU32::new(0);
@@ -41,11 +42,6 @@ pub(crate) fn install() -> io::Result<()> {
 pub(crate) fn take_pending() -> Vec<c_int> {
     let bits = PENDING.swap(0, Ordering::SeqCst);
     (1..32).filter(|s| bits & (1 << s) != 0).collect()
-}
-
-/// Whether `signal` asks the launcher to stop (and never restart).
-pub(crate) fn is_stop(signal: c_int) -> bool {
-    matches!(signal, libc::SIGTERM | libc::SIGINT | libc::SIGHUP)
 }
 
 /// The usual name of a signal (`SIGKILL`), or `signal N` for uncommon ones.
@@ -132,7 +128,6 @@ mod tests {
         assert_eq!(name(libc::SIGKILL), "SIGKILL");
         assert_eq!(name(libc::SIGTERM), "SIGTERM");
         assert_eq!(name(40), "signal 40");
-        assert!(is_stop(libc::SIGINT) && is_stop(libc::SIGHUP) && !is_stop(libc::SIGUSR1));
     }
 
     #[test]

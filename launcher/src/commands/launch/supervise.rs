@@ -4,10 +4,16 @@
 //! real children, polling every 50 ms.
 //!
 //! - A worker that exits non-zero or is killed by a signal fails the attempt: the others get
-//!   SIGTERM, and SIGKILL once the grace period is over.
-//! - SIGTERM, SIGINT or SIGHUP to the launcher is forwarded, followed by SIGKILL after the grace
-//!   period (at once on a second such signal); the attempt is then stopped, never restarted.
-//! - SIGUSR1 is forwarded and changes nothing else.
+//!   SIGKILL at once (a group with a dead rank can neither step nor checkpoint).
+//! - A worker that exits [`EXIT_CHECKPOINTED`] (75) stopped on request with a checkpoint, as
+//!   every other rank does at the same step: no failure, and the attempt ends "checkpointed".
+//! - A signal to the launcher (SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2) is a stop request: it
+//!   is forwarded once, and the attempt is never restarted. The workers checkpoint and exit 75
+//!   in their own time (`train --stop-grace`). The same signal again, [`REPEAT_AFTER`] or more
+//!   later, is forwarded too (the workers then exit at once) and the workers still running
+//!   after the grace period get SIGKILL. A quicker echo, or another signal, is the same
+//!   request: schedulers often deliver one request twice (Slurm signals every process of a
+//!   step, the launcher included).
 //! - Workers that exit 0 while others still run are fine.
 //!
 //! The report of a failed attempt names the root cause from the workers' error files
@@ -19,6 +25,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use clipfleet_trainer::dist::error_file::WorkerError;
+use clipfleet_trainer::run::signals::{EXIT_CHECKPOINTED, REPEAT_AFTER};
 use libc::c_int;
 
 use super::signals;
@@ -44,6 +51,11 @@ impl Death {
 
     pub(crate) fn is_success(self) -> bool {
         self == Death::Exited(0)
+    }
+
+    /// The worker stopped on request after committing a checkpoint.
+    pub(crate) fn is_checkpointed(self) -> bool {
+        self == Death::Exited(i32::from(EXIT_CHECKPOINTED))
     }
 
     /// The launcher's exit status for this death: the code itself, or 128 + the signal.
@@ -91,7 +103,9 @@ pub(crate) enum Outcome {
     Succeeded,
     /// A worker failed first (and the launcher was not asked to stop).
     Failed(Failure),
-    /// The launcher was asked to stop by this signal.
+    /// The workers stopped on request with a checkpoint (exit 75), none failed.
+    Checkpointed,
+    /// The launcher was asked to stop by this signal, and the workers did not all checkpoint.
     Stopped(c_int),
 }
 
@@ -108,12 +122,22 @@ pub(crate) struct Supervision {
     live: Vec<bool>,
     phase: Phase,
     failure: Option<Failure>,
-    stop: Option<c_int>,
+    /// The first stop signal and when it arrived.
+    stop: Option<(c_int, Instant)>,
+    /// Some worker exited 75.
+    checkpointed: bool,
 }
 
 impl Supervision {
     pub(crate) fn new(workers: usize, grace: Duration) -> Self {
-        Supervision { grace, live: vec![true; workers], phase: Phase::Running, failure: None, stop: None }
+        Supervision {
+            grace,
+            live: vec![true; workers],
+            phase: Phase::Running,
+            failure: None,
+            stop: None,
+            checkpointed: false,
+        }
     }
 
     fn to_live(&self, signal: c_int) -> Vec<Action> {
@@ -138,32 +162,34 @@ impl Supervision {
         matches!(self.phase, Phase::Stopping { .. })
     }
 
-    /// Worker `worker` exited. The first failure while running stops the others.
+    /// Worker `worker` exited. The first failure kills the others.
     pub(crate) fn exited(&mut self, worker: usize, death: Death, now: Instant) -> Vec<Action> {
         self.live[worker] = false;
-        if death.is_success() || self.stopping() {
+        if death.is_checkpointed() {
+            self.checkpointed = true;
+        }
+        if death.is_success() || death.is_checkpointed() || self.failure.is_some() {
             return Vec::new();
         }
         self.failure = Some(Failure { worker, death });
         self.begin_stopping(now);
-        self.to_live(libc::SIGTERM)
+        self.phase = Phase::Stopping { deadline: now, killed: true };
+        self.to_live(libc::SIGKILL)
     }
 
-    /// The launcher received `signal`.
+    /// The launcher received `signal`: what to forward (see the module docs).
     pub(crate) fn signal(&mut self, signal: c_int, now: Instant) -> Vec<Action> {
-        if !signals::is_stop(signal) {
-            return self.to_live(signal);
-        }
-        if self.stop.is_some() {
-            // Asked twice: no more waiting.
-            if let Phase::Stopping { deadline, .. } = self.phase {
-                self.phase = Phase::Stopping { deadline, killed: true };
+        match self.stop {
+            None => {
+                self.stop = Some((signal, now));
+                self.to_live(signal)
             }
-            return self.to_live(libc::SIGKILL);
+            Some((first, at)) if first == signal && now.duration_since(at) >= REPEAT_AFTER && !self.stopping() => {
+                self.begin_stopping(now);
+                self.to_live(signal)
+            }
+            Some(_) => Vec::new(),
         }
-        self.stop = Some(signal);
-        self.begin_stopping(now);
-        self.to_live(signal)
     }
 
     /// Time passed: after the grace period, SIGKILL whoever is left.
@@ -182,10 +208,11 @@ impl Supervision {
         if self.live.iter().any(|&l| l) {
             return None;
         }
-        Some(match (self.stop, self.failure) {
-            (Some(signal), _) => Outcome::Stopped(signal),
-            (None, Some(failure)) => Outcome::Failed(failure),
-            (None, None) => Outcome::Succeeded,
+        Some(match (self.stop, self.failure, self.checkpointed) {
+            (_, None, true) => Outcome::Checkpointed,
+            (Some((signal, _)), Some(_), _) => Outcome::Stopped(signal),
+            (None, Some(failure), _) => Outcome::Failed(failure),
+            (_, None, false) => Outcome::Succeeded,
         })
     }
 }
@@ -234,6 +261,7 @@ impl fmt::Display for FailureReport {
 pub(crate) enum Ended {
     Succeeded,
     Failed(FailureReport),
+    Checkpointed,
     Stopped(c_int),
 }
 
@@ -255,8 +283,16 @@ pub(crate) fn supervise(mut workers: Vec<Worker>, grace: Duration) -> Ended {
     let outcome = loop {
         let now = Instant::now();
         for signal in signals::take_pending() {
-            tracing::warn!("received {}: forwarding it to the workers", signals::name(signal));
-            apply(&workers, sup.signal(signal, now));
+            let actions = sup.signal(signal, now);
+            if actions.is_empty() {
+                tracing::info!("received {}: the stop request is already on its way", signals::name(signal));
+            } else {
+                tracing::warn!(
+                    "received {}: forwarding it to the workers, which stop at their next step with a checkpoint",
+                    signals::name(signal)
+                );
+            }
+            apply(&workers, actions);
         }
         for i in 0..workers.len() {
             if !sup.is_live(i) {
@@ -276,15 +312,12 @@ pub(crate) fn supervise(mut workers: Vec<Worker>, grace: Duration) -> Ended {
             let actions = sup.exited(i, death, now);
             if death.is_success() {
                 tracing::info!("worker {} (pid {}) finished", w.label, w.pid());
+            } else if death.is_checkpointed() {
+                tracing::info!("worker {} (pid {}) stopped on request with a checkpoint", w.label, w.pid());
             } else if was_stopping {
                 tracing::info!("worker {} (pid {}) stopped: {death}", w.label, w.pid());
             } else {
-                tracing::error!(
-                    "worker {} (pid {}) failed: {death}; stopping the others (SIGKILL after {:.1} s)",
-                    w.label,
-                    w.pid(),
-                    grace.as_secs_f64()
-                );
+                tracing::error!("worker {} (pid {}) failed: {death}; killing the others", w.label, w.pid());
             }
             apply(&workers, actions);
         }
@@ -298,7 +331,7 @@ pub(crate) fn supervise(mut workers: Vec<Worker>, grace: Duration) -> Ended {
         }
         std::thread::sleep(POLL);
     };
-    if outcome != Outcome::Succeeded {
+    if !matches!(outcome, Outcome::Succeeded | Outcome::Checkpointed) {
         for w in &workers {
             w.kill_leftovers();
         }
@@ -306,6 +339,7 @@ pub(crate) fn supervise(mut workers: Vec<Worker>, grace: Duration) -> Ended {
     let reports: Vec<MpirunReport> = workers.iter_mut().map(Worker::finish).collect();
     match outcome {
         Outcome::Succeeded => Ended::Succeeded,
+        Outcome::Checkpointed => Ended::Checkpointed,
         Outcome::Stopped(signal) => Ended::Stopped(signal),
         Outcome::Failed(Failure { worker, death }) => {
             let w = &workers[worker];
@@ -341,9 +375,6 @@ mod tests {
     fn kill(worker: usize) -> Action {
         Action { worker, signal: libc::SIGKILL }
     }
-    fn term(worker: usize) -> Action {
-        Action { worker, signal: libc::SIGTERM }
-    }
 
     #[test]
     fn all_zero_exits_succeed_even_when_early() {
@@ -358,59 +389,78 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_terminates_the_others_then_kills_after_the_grace_period() {
+    fn a_failure_kills_the_others_at_once() {
         let t0 = Instant::now();
         let mut s = Supervision::new(3, GRACE);
-        assert_eq!(s.exited(1, Death::Exited(3), t0), vec![term(0), term(2)]);
-        assert_eq!(s.tick(t0 + GRACE - Duration::from_millis(1)), vec![]);
-        // Worker 0 obeys SIGTERM; worker 2 does not.
-        assert!(s.exited(0, Death::Signaled { signal: libc::SIGTERM, core_dumped: false }, t0).is_empty());
-        assert_eq!(s.tick(t0 + GRACE), vec![kill(2)]);
+        assert_eq!(s.exited(1, Death::Exited(3), t0), vec![kill(0), kill(2)]);
         assert_eq!(s.tick(t0 + GRACE * 2), vec![], "SIGKILL is sent once");
+        s.exited(0, Death::Signaled { signal: libc::SIGKILL, core_dumped: false }, t0);
         assert_eq!(s.outcome(), None);
-        s.exited(2, Death::Signaled { signal: libc::SIGKILL, core_dumped: false }, t0 + GRACE);
+        s.exited(2, Death::Signaled { signal: libc::SIGKILL, core_dumped: false }, t0);
         assert_eq!(s.outcome(), Some(Outcome::Failed(Failure { worker: 1, death: Death::Exited(3) })));
     }
 
     #[test]
-    fn a_stop_signal_is_forwarded_and_never_a_failure() {
+    fn a_stop_signal_is_forwarded_once_and_checkpointed_workers_end_the_attempt() {
         let t0 = Instant::now();
         let mut s = Supervision::new(2, GRACE);
-        assert_eq!(s.signal(libc::SIGTERM, t0), vec![term(0), term(1)]);
-        s.exited(0, Death::Signaled { signal: libc::SIGTERM, core_dumped: false }, t0);
-        s.exited(1, Death::Exited(1), t0);
-        assert_eq!(s.outcome(), Some(Outcome::Stopped(libc::SIGTERM)));
+        let usr1 = |w| Action { worker: w, signal: libc::SIGUSR1 };
+        assert_eq!(s.signal(libc::SIGUSR1, t0), vec![usr1(0), usr1(1)]);
+        // An echo (Slurm signals the launcher and its workers) and another signal are the same request.
+        assert_eq!(s.signal(libc::SIGUSR1, t0 + REPEAT_AFTER / 2), vec![]);
+        assert_eq!(s.signal(libc::SIGTERM, t0 + REPEAT_AFTER * 2), vec![]);
+        assert!(!s.stopping());
+        assert_eq!(s.tick(t0 + GRACE * 10), vec![], "no deadline: the workers keep their own");
+        s.exited(0, Death::Exited(75), t0);
+        s.exited(1, Death::Exited(75), t0);
+        assert_eq!(s.outcome(), Some(Outcome::Checkpointed));
     }
 
     #[test]
-    fn a_second_stop_signal_kills_at_once() {
+    fn workers_that_checkpoint_without_a_signal_to_the_launcher_are_no_failure() {
+        let t0 = Instant::now();
+        let mut s = Supervision::new(2, GRACE);
+        assert_eq!(s.exited(1, Death::Exited(75), t0), vec![], "the others stop at the same step");
+        assert_eq!(s.outcome(), None);
+        s.exited(0, Death::Exited(75), t0);
+        assert_eq!(s.outcome(), Some(Outcome::Checkpointed));
+    }
+
+    #[test]
+    fn a_repeated_stop_signal_is_forwarded_and_kills_after_the_grace_period() {
         let t0 = Instant::now();
         let mut s = Supervision::new(2, GRACE);
         let int = |w| Action { worker: w, signal: libc::SIGINT };
         assert_eq!(s.signal(libc::SIGINT, t0), vec![int(0), int(1)]);
-        assert_eq!(s.signal(libc::SIGINT, t0), vec![kill(0), kill(1)]);
-        assert_eq!(s.tick(t0 + GRACE), vec![], "already killed");
+        let t1 = t0 + REPEAT_AFTER;
+        assert_eq!(s.signal(libc::SIGINT, t1), vec![int(0), int(1)]);
+        assert!(s.stopping());
+        assert_eq!(s.signal(libc::SIGINT, t1 + REPEAT_AFTER), vec![], "forwarded twice at most");
+        assert_eq!(s.tick(t1 + GRACE - Duration::from_millis(1)), vec![]);
+        assert_eq!(s.tick(t1 + GRACE), vec![kill(0), kill(1)]);
+        assert_eq!(s.tick(t1 + GRACE * 2), vec![], "already killed");
+        s.exited(0, Death::Signaled { signal: libc::SIGKILL, core_dumped: false }, t1 + GRACE);
+        s.exited(1, Death::Signaled { signal: libc::SIGKILL, core_dumped: false }, t1 + GRACE);
+        assert_eq!(s.outcome(), Some(Outcome::Stopped(libc::SIGINT)));
     }
 
     #[test]
-    fn sigusr1_is_only_forwarded() {
+    fn a_stop_that_ends_in_a_finished_run_succeeds() {
         let t0 = Instant::now();
         let mut s = Supervision::new(2, GRACE);
+        s.signal(libc::SIGTERM, t0);
         s.exited(0, Death::Exited(0), t0);
-        assert_eq!(s.signal(libc::SIGUSR1, t0), vec![Action { worker: 1, signal: libc::SIGUSR1 }]);
-        assert!(!s.stopping());
         s.exited(1, Death::Exited(0), t0);
         assert_eq!(s.outcome(), Some(Outcome::Succeeded));
     }
 
     #[test]
-    fn a_stop_signal_after_a_failure_wins_and_keeps_the_earlier_deadline() {
+    fn a_failure_during_a_stop_is_a_stop_without_a_checkpoint() {
         let t0 = Instant::now();
         let mut s = Supervision::new(2, GRACE);
-        s.exited(0, Death::Signaled { signal: libc::SIGSEGV, core_dumped: true }, t0);
-        s.signal(libc::SIGTERM, t0 + Duration::from_secs(10));
-        assert_eq!(s.tick(t0 + GRACE), vec![kill(1)]);
-        s.exited(1, Death::Exited(0), t0 + GRACE);
+        s.signal(libc::SIGTERM, t0);
+        assert_eq!(s.exited(0, Death::Signaled { signal: libc::SIGSEGV, core_dumped: true }, t0), vec![kill(1)]);
+        s.exited(1, Death::Exited(75), t0);
         assert_eq!(s.outcome(), Some(Outcome::Stopped(libc::SIGTERM)));
     }
 

@@ -161,9 +161,10 @@ impl Worker {
         self.child.id() as pid_t
     }
 
-    /// Delivers `signal`. A worker of spawn mode gets it in its whole process group. mpirun
-    /// gets it alone (it forwards SIGUSR1 and tears the job down on SIGTERM/SIGINT), except for
-    /// SIGKILL, which also goes to each of its ranks' groups (OpenMPI puts every rank in its own).
+    /// Delivers `signal`. A worker of spawn mode gets it in its whole process group. Under
+    /// mpirun the ranks get it directly (mpirun would tear the job down on SIGTERM/SIGINT), and
+    /// SIGKILL goes to mpirun's group and to each of its ranks' groups (OpenMPI puts every rank
+    /// in its own).
     pub(crate) fn signal(&self, signal: c_int) {
         let result = match self.label {
             Label::Rank { .. } => signals::to_group(self.pid(), signal),
@@ -174,7 +175,12 @@ impl Worker {
                 }
                 signals::to_group(self.pid(), signal)
             }
-            Label::Mpirun => signals::to_process(self.pid(), signal),
+            // mpirun ends the job on SIGTERM and does not forward every signal: a stop request
+            // goes to the ranks themselves (mpirun's children), once.
+            Label::Mpirun => match signals::children_of(self.pid()) {
+                ranks if ranks.is_empty() => signals::to_process(self.pid(), signal),
+                ranks => ranks.into_iter().try_for_each(|rank| signals::to_process(rank, signal)),
+            },
         };
         if let Err(e) = result {
             tracing::warn!("cannot send {} to {} (pid {}): {e}", signals::name(signal), self.label, self.pid());
