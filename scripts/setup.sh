@@ -2,7 +2,8 @@
 # Installs what clipfleet needs on a Debian machine and builds it. Idempotent, and quiet
 # when nothing is missing.
 #   scripts/setup.sh          Debian packages, .venv with torch==2.11.0, release build
-#   scripts/setup.sh --test   the same, plus the test oracles (open_clip_torch 3.3.0, …)
+#   scripts/setup.sh --test   the same, plus the test oracles (open_clip_torch 3.3.0, …) and, for
+#                             slurm/tests, Slurm and munge (Debian: slurmctld slurmd slurm-client munge)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,11 +30,24 @@ fi
 if [ "$WITH_TEST" = 1 ] && ! command -v prometheus >/dev/null 2>&1; then
   need_pkgs+=(prometheus)
 fi
+# slurm/tests/run.sh starts a real Slurm (munge, slurmctld, slurmd) and two emulated nodes in
+# network namespaces (ip netns, nsenter/unshare); only the binaries are used, not the services.
+slurm_pkgs=()
+if [ "$WITH_TEST" = 1 ]; then
+  for pkg in slurmctld slurmd slurm-client munge iproute2 util-linux; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || slurm_pkgs+=("$pkg")
+  done
+fi
 need_pkgs=($(printf '%s\n' "${need_pkgs[@]}" | sed '/^$/d'))
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  say "installing Debian packages: ${need_pkgs[*]}"
+if [ ${#need_pkgs[@]} -gt 0 ] || [ ${#slurm_pkgs[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need_pkgs[*]} ${slurm_pkgs[*]}"
   $SUDO apt-get update -qq
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+if [ ${#slurm_pkgs[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${slurm_pkgs[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   say "cargo not found: install a Rust toolchain >= 1.87 (https://rustup.rs), then rerun"; exit 1

@@ -10,3 +10,6 @@ cargo fmt --all -- --check
 echo "test.sh: cargo clippy --all-targets -D warnings" >&2
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace 2>&1
+# The Slurm job scripts against a real Slurm started on this machine (root; slurm/README.md#testing).
+echo "test.sh: slurm/tests/run.sh" >&2
+slurm/tests/run.sh
