@@ -8,7 +8,8 @@
 //!
 //! # Where features plug in
 //! [`boundary::StepBoundary`] is the point between two steps where every rank agrees: a stop
-//! request (preemption: checkpoint, then end), a non-finite loss (end with an error) and a
+//! request (preemption: checkpoint, then end; [`signals`] sets it from SIGTERM, SIGINT and the
+//! checkpoint signal), a non-finite loss (end with an error) and a
 //! heartbeat (a watchdog's view of progress). [`TrainOptions::boundary`] hands a run its
 //! stop request and heartbeat.
 
