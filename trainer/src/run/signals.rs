@@ -139,22 +139,32 @@ pub fn install(stop_signal: StopSignal, grace: Duration, request: StopRequest) -
         return Ok(());
     }
     for signal in [libc::SIGTERM, libc::SIGINT, stop_signal.number()] {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches atomics.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        set_handler(signal, on_signal)?;
     }
     let span = tracing::Span::current();
     std::thread::Builder::new().name("stop-signals".into()).spawn(move || {
         let _entered = span.enter();
         watch(grace, &request);
     })?;
+    Ok(())
+}
+
+/// Installs `handler` for `signal` (`SA_RESTART`, nothing masked). The handler must be
+/// async-signal-safe: touch atomics only. Handlers are reset to the default by `exec`.
+///
+/// # Errors
+/// When `sigaction` refuses (an invalid signal, or SIGKILL/SIGSTOP).
+pub fn set_handler(signal: c_int, handler: extern "C" fn(c_int)) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler's safety is the caller's contract.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 

@@ -23,19 +23,7 @@ extern "C" fn record(signal: c_int) {
 /// Installs the recording handler for every signal in [`CAUGHT`]. Handlers are reset to the
 /// default by `exec`, so the workers start with the usual dispositions.
 pub(crate) fn install() -> io::Result<()> {
-    for signal in CAUGHT {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = record as extern "C" fn(c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
+    CAUGHT.into_iter().try_for_each(|signal| clipfleet_trainer::run::signals::set_handler(signal, record))
 }
 
 /// The signals that arrived since the last call, in increasing number, and clears them.
