@@ -84,7 +84,7 @@ export SLURM_CONF=$T/slurm.conf
 COMMON=(--model tiny --warmup 2 --keep-checkpoints 0 --eval-samples 32 --seed 7 --device cpu --log-format json)
 TRAIN=("${COMMON[@]}" --batch-size 8)
 STEPS=200
-ONE_NODE=(--nodes=1 --ntasks-per-node=2 --gpus-per-node=0)
+ONE_NODE=(--nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --gpus-per-node=0)
 
 # ---- Helpers.
 # poll SECONDS WHAT COMMAND…: runs COMMAND every 0.2 s until it succeeds; fails the test after SECONDS.
