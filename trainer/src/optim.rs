@@ -359,8 +359,18 @@ mod tests {
         let step_both = |plain: &mut AdamW, fused: &mut AdamW, seed: i64| {
             for (params, opt) in [(&a, &mut *plain), (&b, &mut *fused)] {
                 opt.zero_grad();
-                tch::manual_seed(seed);
-                let loss: Tensor = params.iter().map(|(_, p)| (p * Tensor::randn_like(p)).sum(Kind::Float)).sum();
+                // Fixed pseudo-random gradients, not the global RNG: tests on other threads draw
+                // from it too, and would give the two optimizers different gradients.
+                let loss: Tensor = params
+                    .iter()
+                    .map(|(_, p)| {
+                        let g = (Tensor::arange(p.numel() as i64, (Kind::Float, p.device())) * 12.9898
+                            + seed as f64 * 78.233)
+                            .sin()
+                            .reshape(p.size());
+                        (p * g).sum(Kind::Float)
+                    })
+                    .sum();
                 loss.backward();
                 opt.step(1e-2);
             }
