@@ -92,6 +92,45 @@ fn two_mpi_workers_train_like_one_process_on_synthetic_data() {
     assert_eq!((state["world_size"].as_u64(), state["global_batch"].as_i64()), (Some(2), Some(16)), "{state}");
 }
 
+/// Two `clipfleet train` processes, started by nothing but their environment (as two Kubeflow
+/// pods are: `PET_*`, `RANK` the pod index, no `LOCAL_RANK`), pick the tcp backend and train
+/// like one process with the whole batch.
+#[test]
+fn two_tcp_workers_from_a_kubeflow_environment_train_like_one_process() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    ok(run(&refs(&with_batch(tiny_args(&one, 6, 3), 16))));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let workers: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(bin())
+                .args(refs(&with_batch(tiny_args(&two, 6, 3), 8)))
+                .args(["--log-format", "json"])
+                .env("OMP_NUM_THREADS", "1")
+                .envs([
+                    ("RANK", rank.to_string()),
+                    ("WORLD_SIZE", "2".into()),
+                    ("MASTER_ADDR", "127.0.0.1".into()),
+                    ("MASTER_PORT", port.to_string()),
+                    ("PET_NNODES", "2".into()),
+                    ("PET_NPROC_PER_NODE", "1".into()),
+                    ("PET_NODE_RANK", rank.to_string()),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn a worker")
+        })
+        .collect();
+    for worker in workers {
+        let out = ok(worker.wait_with_output().expect("wait"));
+        let log = stderr(&out);
+        assert!(log.contains("\"mode\":\"kubeflow\"") && log.contains("\"backend\":\"tcp\""), "{log}");
+    }
+    assert_same_weights(&one, &two, 6, "2 tcp workers × 8 vs 1 process × 16, 6 steps");
+    assert_same_eval(&one, &two);
+}
+
 #[test]
 fn two_mpi_workers_train_like_one_process_on_shards_and_resume_on_one() {
     let tmp = tempfile::tempdir().expect("tempdir");

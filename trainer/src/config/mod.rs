@@ -135,10 +135,12 @@ declare_train_config! {
     [value_name = "ROWS"] loss_block_rows: plain i64 = 1024;
     /// ≥ 1; columns per tile of the loss; below N the softmax loss computes its logits twice
     [value_name = "COLS"] loss_block_cols: optional i64 = None;
-    /// `auto`, `nccl`, `mpi`, `single`. `auto`: `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`),
-    /// else `single` for one worker, `nccl` on a GPU (under mpirun too: the NCCL id then goes by MPI),
-    /// `mpi` for CPU workers under mpirun or `srun --mpi=pmix`. `nccl` with `device = "cpu"` is an
-    /// error that says to use `mpi`
+    /// `auto`, `nccl`, `mpi`, `tcp`, `single`. `auto`: `CLIPFLEET_DIST_BACKEND` (set by `clipfleet
+    /// launch`), else `single` for one worker, `nccl` on a GPU (under mpirun too: the NCCL id then goes
+    /// by MPI), `mpi` for CPU workers under mpirun or `srun --mpi=pmix`, `tcp` for other CPU workers
+    /// (one per Kubernetes pod: CPU collectives relayed by rank 0 over the rendezvous,
+    /// [distributed.md](distributed.md#backends)). `nccl` with `device = "cpu"` is an error that says
+    /// to use `mpi`
     [value_name = "BACKEND"] dist_backend: plain BackendChoice = BackendChoice::Auto;
     /// ≥ 1; parameter gradients are all-reduced in flat buckets of this many MiB
     [value_name = "MIB"] grad_bucket_mb: plain usize = 64;

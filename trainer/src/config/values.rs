@@ -82,6 +82,8 @@ pub enum BackendChoice {
     Nccl,
     /// MPI, for CPU tensors.
     Mpi,
+    /// CPU tensors over the TCP rendezvous, without an MPI launcher (one worker per pod).
+    Tcp,
     /// One process.
     Single,
 }
@@ -94,6 +96,7 @@ impl BackendChoice {
             BackendChoice::Auto => None,
             BackendChoice::Nccl => Some(Backend::Nccl),
             BackendChoice::Mpi => Some(Backend::Mpi),
+            BackendChoice::Tcp => Some(Backend::Tcp),
             BackendChoice::Single => Some(Backend::Single),
         }
     }
@@ -107,8 +110,9 @@ impl TryFrom<String> for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "nccl" => Ok(BackendChoice::Nccl),
             "mpi" => Ok(BackendChoice::Mpi),
+            "tcp" => Ok(BackendChoice::Tcp),
             "single" => Ok(BackendChoice::Single),
-            _ => Err(ConfigError::invalid("dist_backend", s, "auto, nccl, mpi, single")),
+            _ => Err(ConfigError::invalid("dist_backend", s, "auto, nccl, mpi, tcp, single")),
         }
     }
 }

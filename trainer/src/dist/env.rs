@@ -5,6 +5,13 @@
 //! Detection is a pure function over an environment map ([`detect`]); [`detect_from_env`] reads
 //! the process environment. The first rule that matches wins:
 //!
+//! 0. **Kubeflow** (a PyTorchJob or TrainJob pod that runs the worker itself): `PET_NNODES` or
+//!    `PET_NPROC_PER_NODE` without `LOCAL_RANK` (nor an MPI rank: `clipfleet launch` may start
+//!    mpirun in such a pod). The pod is one node with one worker: its rank is
+//!    `PET_NODE_RANK` (else `RANK`, the pod index), the world is `PET_NNODES` (else `WORLD_SIZE`),
+//!    the master `MASTER_ADDR`/`MASTER_PORT` (else `PET_MASTER_ADDR`/`PET_MASTER_PORT`).
+//!    `PET_NPROC_PER_NODE` > 1 needs `clipfleet launch` as the pod's command. A missing
+//!    `LOCAL_RANK` here does not mean one node, as it does for rule 1.
 //! 1. **torchrun names** (`clipfleet launch`, torchrun, any launcher that sets them): `RANK` and
 //!    `WORLD_SIZE`; `LOCAL_RANK` and `LOCAL_WORLD_SIZE` (defaults: `RANK`, `WORLD_SIZE`, i.e. one
 //!    node); `MASTER_ADDR` and `MASTER_PORT` (required when `WORLD_SIZE` > 1).
@@ -49,6 +56,8 @@ pub enum LaunchMode {
     Slurm,
     /// A Kubernetes Indexed Job.
     Kubernetes,
+    /// A Kubeflow PyTorchJob or TrainJob pod (`PET_*` variables, no `LOCAL_RANK`).
+    Kubeflow,
 }
 
 impl LaunchMode {
@@ -60,6 +69,7 @@ impl LaunchMode {
             LaunchMode::Mpi => "mpi",
             LaunchMode::Slurm => "slurm",
             LaunchMode::Kubernetes => "kubernetes",
+            LaunchMode::Kubeflow => "kubeflow",
         }
     }
 }
@@ -152,7 +162,10 @@ pub fn detect_from_env() -> Result<WorldInfo, DistError> {
 /// for the rules and their precedence.
 pub fn detect(env: &HashMap<String, String>) -> Result<WorldInfo, DistError> {
     let has = |k: &str| env.get(k).is_some_and(|v| !v.trim().is_empty());
-    let info = if has("RANK") || has("WORLD_SIZE") {
+    let mpi_rank = has("OMPI_COMM_WORLD_RANK") || has("PMIX_RANK");
+    let info = if (has("PET_NNODES") || has("PET_NPROC_PER_NODE")) && !has("LOCAL_RANK") && !mpi_rank {
+        kubeflow(env)?
+    } else if has("RANK") || has("WORLD_SIZE") {
         torchrun(env)?
     } else if has("OMPI_COMM_WORLD_RANK") {
         open_mpi(env)?
@@ -192,6 +205,73 @@ fn torchrun(env: &HashMap<String, String>) -> Result<WorldInfo, DistError> {
         master_port,
         mode: LaunchMode::Torchrun,
     })
+}
+
+/// A Kubeflow pod that runs the worker itself. PyTorchJob sets `RANK` to the pod index and
+/// `WORLD_SIZE` to pods × `nprocPerNode`, besides `PET_NNODES`, `PET_NODE_RANK`,
+/// `PET_NPROC_PER_NODE` and `MASTER_ADDR`/`MASTER_PORT`; Trainer v2's TrainJob sets only the
+/// `PET_*` names, with `PET_MASTER_ADDR`/`PET_MASTER_PORT`. Neither sets `LOCAL_RANK`, so the
+/// pod is one node: with one worker per pod it is that node's worker; with several, they need
+/// `clipfleet launch` (which reads the same variables) as the container's command.
+fn kubeflow(env: &HashMap<String, String>) -> Result<WorldInfo, DistError> {
+    let nproc = match env.get("PET_NPROC_PER_NODE").map(|v| v.trim()) {
+        None | Some("") => 1,
+        Some(v) => v.parse::<usize>().map_err(|_| DistError::Env {
+            var: "PET_NPROC_PER_NODE".into(),
+            reason: format!("{v:?} is not a number of workers; set nprocPerNode to a number"),
+        })?,
+    };
+    if nproc != 1 {
+        return Err(DistError::Env {
+            var: "PET_NPROC_PER_NODE".into(),
+            reason: format!(
+                "is {nproc}: a pod with several workers needs `clipfleet launch -- train …` as its command, \
+                 which starts them and sets LOCAL_RANK for each"
+            ),
+        });
+    }
+    let node_rank = match optional(env, "PET_NODE_RANK")? {
+        Some(r) => r,
+        None => required(env, "RANK")?,
+    };
+    let nnodes = match optional(env, "PET_NNODES")? {
+        Some(n) => n,
+        None => required(env, "WORLD_SIZE")?,
+    };
+    let master_addr = env
+        .get("MASTER_ADDR")
+        .or_else(|| env.get("PET_MASTER_ADDR"))
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty());
+    let master_addr = match master_addr {
+        Some(addr) => addr,
+        None if nnodes > 1 => return Err(missing("MASTER_ADDR")),
+        None => "127.0.0.1".into(),
+    };
+    let master_port = match port(env)? {
+        Some(p) => p,
+        None => pet_master_port(env)?.unwrap_or(DEFAULT_MASTER_PORT),
+    };
+    Ok(WorldInfo {
+        rank: node_rank,
+        local_rank: 0,
+        world_size: nnodes,
+        local_world_size: 1,
+        master_addr,
+        master_port,
+        mode: LaunchMode::Kubeflow,
+    })
+}
+
+/// `PET_MASTER_PORT` (Kubeflow Trainer's name for `MASTER_PORT`): `None` when unset.
+pub fn pet_master_port(env: &HashMap<String, String>) -> Result<Option<u16>, DistError> {
+    match env.get("PET_MASTER_PORT").map(|v| v.trim()) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse::<u16>().ok().filter(|&p| p > 0).map(Some).ok_or_else(|| DistError::Env {
+            var: "PET_MASTER_PORT".into(),
+            reason: format!("{v:?} is not a port number (1-65535)"),
+        }),
+    }
 }
 
 fn open_mpi(env: &HashMap<String, String>) -> Result<WorldInfo, DistError> {
@@ -565,6 +645,55 @@ mod tests {
         let w = detect(&env(&e)).unwrap();
         assert_eq!((w.rank, w.world_size, w.mode, w.master_addr.as_str()), (6, 8, LaunchMode::Mpi, "gpu017"));
         assert_eq!(err_var(detect(&env(&[("PMIX_RANK", "0")])).unwrap_err()), "PMIX_RANK");
+    }
+
+    /// What Kubeflow's training operator sets in a PyTorchJob pod (pkg/controller.v1/pytorch/
+    /// envvar.go): RANK is the pod index and WORLD_SIZE counts pods × nprocPerNode; no LOCAL_RANK.
+    #[test]
+    fn kubeflow_pytorchjob_and_trainjob_pods() {
+        let worker1 = env(&[
+            ("RANK", "2"),
+            ("WORLD_SIZE", "3"),
+            ("MASTER_ADDR", "tj-master-0"),
+            ("MASTER_PORT", "23456"),
+            ("PET_NPROC_PER_NODE", "1"),
+            ("PET_NNODES", "3"),
+            ("PET_NODE_RANK", "2"),
+        ]);
+        let w = detect(&worker1).unwrap();
+        assert_eq!((w.rank, w.world_size, w.local_rank, w.local_world_size), (2, 3, 0, 1));
+        assert_eq!((w.master_addr.as_str(), w.master_port, w.mode), ("tj-master-0", 23456, LaunchMode::Kubeflow));
+        // Trainer v2's TrainJob: only the PET_* names.
+        let trainjob = env(&[
+            ("PET_NNODES", "2"),
+            ("PET_NPROC_PER_NODE", "1"),
+            ("PET_NODE_RANK", "1"),
+            ("PET_MASTER_ADDR", "job-node-0-0.job"),
+            ("PET_MASTER_PORT", "29400"),
+        ]);
+        let w = detect(&trainjob).unwrap();
+        assert_eq!((w.rank, w.world_size, w.local_rank), (1, 2, 0));
+        assert_eq!((w.master_addr.as_str(), w.master_port), ("job-node-0-0.job", 29400));
+        // Several workers per pod need the launcher; a non-number names the variable.
+        let eight = env(&[("PET_NPROC_PER_NODE", "8"), ("PET_NNODES", "2"), ("RANK", "1"), ("MASTER_ADDR", "m")]);
+        let e = detect(&eight).unwrap_err();
+        assert!(e.to_string().contains("clipfleet launch"), "{e}");
+        assert_eq!(
+            err_var(detect(&env(&[("PET_NPROC_PER_NODE", "auto"), ("PET_NNODES", "2")])).unwrap_err()),
+            "PET_NPROC_PER_NODE"
+        );
+        assert_eq!(err_var(detect(&env(&[("PET_NNODES", "2"), ("PET_NODE_RANK", "1")])).unwrap_err()), "MASTER_ADDR");
+        // Workers that clipfleet launch started in such a pod carry LOCAL_RANK: torchrun names.
+        let mut launched = eight.clone();
+        launched.extend(env(&[
+            ("RANK", "9"),
+            ("WORLD_SIZE", "16"),
+            ("LOCAL_RANK", "1"),
+            ("LOCAL_WORLD_SIZE", "8"),
+            ("MASTER_PORT", "1"),
+        ]));
+        let w = detect(&launched).unwrap();
+        assert_eq!((w.rank, w.world_size, w.local_rank, w.mode), (9, 16, 1, LaunchMode::Torchrun));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod gradient_check;
 pub mod mpi;
 pub mod nccl;
 pub mod rendezvous;
+pub mod tcp;
 
 use std::fmt;
 use std::str::FromStr;
@@ -120,11 +121,14 @@ pub enum Backend {
     Mpi,
     /// One process; every collective is the identity.
     Single,
+    /// CPU tensors over the TCP rendezvous; needs only `MASTER_ADDR`/`MASTER_PORT` (no MPI
+    /// launcher), as with one worker per Kubernetes pod.
+    Tcp,
 }
 
 impl Backend {
     /// The names [`Backend::from_str`] accepts.
-    pub const ALLOWED: &'static str = "nccl, mpi, single";
+    pub const ALLOWED: &'static str = "nccl, mpi, tcp, single";
 
     /// The backend's name.
     pub fn name(self) -> &'static str {
@@ -132,6 +136,7 @@ impl Backend {
             Backend::Nccl => "nccl",
             Backend::Mpi => "mpi",
             Backend::Single => "single",
+            Backend::Tcp => "tcp",
         }
     }
 }
@@ -150,6 +155,7 @@ impl FromStr for Backend {
             "nccl" => Ok(Backend::Nccl),
             "mpi" => Ok(Backend::Mpi),
             "single" => Ok(Backend::Single),
+            "tcp" => Ok(Backend::Tcp),
             _ => Err(DistError::UnknownBackend { name: s.to_owned(), allowed: Backend::ALLOWED }),
         }
     }
@@ -213,6 +219,7 @@ pub fn init_with_timeout(
         Backend::Single => Box::new(SingleGroup::new(world)?),
         Backend::Mpi => Box::new(mpi::MpiGroup::new(world)?),
         Backend::Nccl => Box::new(nccl::NcclGroup::new(world, timeout)?),
+        Backend::Tcp => Box::new(tcp::TcpGroup::new(world, timeout)?),
     })
 }
 
@@ -317,8 +324,9 @@ mod tests {
         assert_eq!("NCCL".parse::<Backend>().unwrap(), Backend::Nccl);
         assert_eq!(" mpi ".parse::<Backend>().unwrap(), Backend::Mpi);
         assert_eq!("single".parse::<Backend>().unwrap(), Backend::Single);
+        assert_eq!("Tcp".parse::<Backend>().unwrap(), Backend::Tcp);
         let msg = "gloo".parse::<Backend>().unwrap_err().to_string();
-        assert!(msg.contains("\"gloo\"") && msg.contains("nccl, mpi, single"), "{msg}");
+        assert!(msg.contains("\"gloo\"") && msg.contains("nccl, mpi, tcp, single"), "{msg}");
     }
 
     #[test]

@@ -233,6 +233,33 @@ impl Rendezvous {
         result.map_err(|e: std::io::Error| self.error(e.to_string()))
     }
 
+    /// Waits at most `timeout` in each later exchange (the join keeps its own).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Every rank's `bytes`, in rank order, on rank 0 (`None` on the other ranks).
+    pub fn gather_bytes(&mut self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, DistError> {
+        let deadline = Instant::now() + self.timeout;
+        let result = match &mut self.link {
+            Link::Alone => Ok(Some(vec![bytes.to_vec()])),
+            Link::Root(peers) => (|| {
+                let mut all = vec![bytes.to_vec()];
+                for (i, peer) in peers.iter_mut().enumerate() {
+                    set_deadline(peer, deadline)?;
+                    all.push(read_message(peer).map_err(|e| annotate(e, i + 1))?);
+                }
+                Ok(Some(all))
+            })(),
+            Link::Leaf(stream) => (|| {
+                set_deadline(stream, deadline)?;
+                write_message(stream, bytes)?;
+                Ok(None)
+            })(),
+        };
+        result.map_err(|e: std::io::Error| self.error(e.to_string()))
+    }
+
     /// Rank 0's `bytes` on every rank (the other ranks' arguments are ignored).
     pub fn broadcast_bytes(&mut self, bytes: &[u8]) -> Result<Vec<u8>, DistError> {
         let deadline = Instant::now() + self.timeout;

@@ -33,8 +33,8 @@ pub(super) fn worker_device(cfg: &TrainConfig, world: &WorldInfo) -> Result<tch:
 }
 
 /// The backend for `cfg.dist_backend` in `world`: an explicit name, else
-/// `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`), else single for one worker, MPI
-/// under an MPI launcher, NCCL on a GPU.
+/// `CLIPFLEET_DIST_BACKEND` (set by `clipfleet launch`), else single for one worker, NCCL on a
+/// GPU, MPI under an MPI launcher, and tcp for other CPU workers.
 pub(super) fn choose_backend(cfg: &TrainConfig, world: &WorldInfo, device: tch::Device) -> Result<Backend> {
     let named = match cfg.dist_backend.backend() {
         Some(backend) => Some(backend),
@@ -60,18 +60,8 @@ pub(super) fn choose_backend(cfg: &TrainConfig, world: &WorldInfo, device: tch::
         // On GPUs NCCL, under MPI too (the unique id then goes by an MPI broadcast).
         (_, _, tch::Device::Cuda(_)) => Backend::Nccl,
         (_, LaunchMode::Mpi, _) => Backend::Mpi,
-        _ => {
-            return Err(ConfigError::invalid(
-                "dist_backend",
-                "auto",
-                format!(
-                    "nccl (on GPUs) or mpi: {} CPU workers ({} launch) need MPI; start them with \
-                     `clipfleet launch --backend mpi` or mpirun",
-                    world.world_size, world.mode
-                ),
-            )
-            .into())
-        }
+        // CPU workers that no MPI launcher started (one per Kubernetes pod, torchrun's variables).
+        _ => Backend::Tcp,
     })
 }
 

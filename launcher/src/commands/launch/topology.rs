@@ -1,12 +1,15 @@
 //! Where this node sits in the job: how many nodes, which one this is, how many workers it
 //! starts and where the rendezvous is. Explicit flags win over everything; then `MASTER_ADDR` /
-//! `MASTER_PORT`; then what Slurm or a Kubernetes Indexed Job tells; then one node on loopback.
+//! `MASTER_PORT`; then what Slurm, a Kubernetes Indexed Job or a Kubeflow pod (`PET_*`) tells;
+//! then one node on loopback.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use anyhow::{bail, Context, Result};
-use clipfleet_trainer::dist::env::{first_host, kubernetes_master_addr, master_port, DEFAULT_MASTER_PORT};
+use clipfleet_trainer::dist::env::{
+    first_host, kubernetes_master_addr, master_port, pet_master_port, DEFAULT_MASTER_PORT,
+};
 
 /// The placement flags as given on the command line (`None`: not given).
 #[derive(Debug, Clone, Default)]
@@ -27,6 +30,8 @@ pub(crate) enum Source {
     Slurm,
     /// `CLIPFLEET_NNODES` and `JOB_COMPLETION_INDEX`.
     Kubernetes,
+    /// Kubeflow's `PET_NNODES` and `PET_NODE_RANK` (or `RANK`, the pod index).
+    Kubeflow,
     /// Nothing: the only node.
     OneNode,
 }
@@ -37,6 +42,7 @@ impl fmt::Display for Source {
             Source::Flags => "flags",
             Source::Slurm => "slurm",
             Source::Kubernetes => "kubernetes",
+            Source::Kubeflow => "kubeflow",
             Source::OneNode => "one node",
         })
     }
@@ -86,11 +92,13 @@ pub(crate) fn resolve(
     env: &HashMap<String, String>,
     cuda_devices: impl FnOnce() -> usize,
 ) -> Result<Topology> {
+    // Kubeflow's PET_NPROC_PER_NODE may also be `auto`, `cpu` or `gpu`: only a number counts.
+    let pet_nproc = env.get("PET_NPROC_PER_NODE").and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
     let nproc_per_node = match (flags.nproc_per_node, env_count(env, "CLIPFLEET_NPROC_PER_NODE")?) {
         (Some(n), _) => n as usize,
         (None, Some(0)) => bail!("environment variable CLIPFLEET_NPROC_PER_NODE: must be at least 1"),
         (None, Some(n)) => n,
-        (None, None) => cuda_devices().max(1),
+        (None, None) => pet_nproc.unwrap_or_else(|| cuda_devices().max(1)),
     };
     let derived = from_environment(env)?;
     let source = if flags.nnodes.is_some() && flags.node_rank.is_some() { Source::Flags } else { derived.source };
@@ -110,7 +118,10 @@ pub(crate) fn resolve(
         flags.master_addr.clone().or(env_master).or(derived.master_addr).unwrap_or_else(|| "127.0.0.1".to_owned());
     let master_port = match flags.master_port {
         Some(p) => p,
-        None => master_port(env)?.unwrap_or(DEFAULT_MASTER_PORT),
+        None => match master_port(env)? {
+            Some(p) => p,
+            None => pet_master_port(env)?.unwrap_or(DEFAULT_MASTER_PORT),
+        },
     };
     Ok(Topology { nproc_per_node, nnodes, node_rank, master_addr, master_port, source })
 }
@@ -146,6 +157,17 @@ fn from_environment(env: &HashMap<String, String>) -> Result<Derived> {
         let master_addr = if nnodes > 1 { Some(kubernetes_master_addr(env, node_rank)?) } else { None };
         return Ok(Derived { nnodes, node_rank, master_addr, source: Source::Kubernetes });
     }
+    if has("PET_NNODES") {
+        // Kubeflow: a PyTorchJob sets RANK to the pod index (and PET_NODE_RANK); a TrainJob
+        // only the PET_* names. The master is MASTER_ADDR (applied by the caller) or PET_MASTER_ADDR.
+        let nnodes = required_count(env, "PET_NNODES")?;
+        let node_rank = match env_count(env, "PET_NODE_RANK")? {
+            Some(r) => r,
+            None => required_count(env, "RANK").context("Kubeflow sets PET_NODE_RANK or RANK")?,
+        };
+        let master_addr = env.get("PET_MASTER_ADDR").map(|a| a.trim().to_owned()).filter(|a| !a.is_empty());
+        return Ok(Derived { nnodes, node_rank, master_addr, source: Source::Kubeflow });
+    }
     Ok(Derived { nnodes: 1, node_rank: 0, master_addr: None, source: Source::OneNode })
 }
 
@@ -174,6 +196,33 @@ mod tests {
 
     fn no_gpu() -> usize {
         0
+    }
+
+    /// A Kubeflow PyTorchJob pod (RANK is the pod index) and a TrainJob pod (PET_* only).
+    #[test]
+    fn kubeflow_pods_give_the_node_count_rank_and_master() {
+        let pytorchjob = env(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "16"),
+            ("MASTER_ADDR", "pj-master-0"),
+            ("MASTER_PORT", "23456"),
+            ("PET_NPROC_PER_NODE", "8"),
+            ("PET_NNODES", "2"),
+            ("PET_NODE_RANK", "1"),
+        ]);
+        let t = resolve(&PlacementFlags::default(), &pytorchjob, no_gpu).unwrap();
+        assert_eq!((t.nnodes, t.node_rank, t.nproc_per_node, t.source), (2, 1, 8, Source::Kubeflow));
+        assert_eq!((t.master_addr.as_str(), t.master_port, t.rank(3)), ("pj-master-0", 23456, 11));
+        let trainjob = env(&[
+            ("PET_NPROC_PER_NODE", "auto"),
+            ("PET_NNODES", "4"),
+            ("PET_NODE_RANK", "3"),
+            ("PET_MASTER_ADDR", "tj-node-0-0.tj"),
+            ("PET_MASTER_PORT", "29400"),
+        ]);
+        let t = resolve(&PlacementFlags::default(), &trainjob, || 4).unwrap();
+        assert_eq!((t.nnodes, t.node_rank, t.nproc_per_node), (4, 3, 4), "`auto`: one worker per GPU");
+        assert_eq!((t.master_addr.as_str(), t.master_port), ("tj-node-0-0.tj", 29400));
     }
 
     #[test]
