@@ -24,10 +24,14 @@ const LAUNCH_VARS: [&str; 12] = [
     "JOB_COMPLETION_INDEX",
 ];
 
-/// Runs `cmd` with a deadline, killing it when it hangs.
+/// Runs `cmd` with a deadline, killing it when it hangs. The launch variables of this process's
+/// environment are removed, unless `cmd` sets them itself.
 fn run(mut cmd: Command, limit: Duration) -> Output {
+    let set: Vec<std::ffi::OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
     for var in LAUNCH_VARS {
-        cmd.env_remove(var);
+        if !set.iter().any(|k| k == var) {
+            cmd.env_remove(var);
+        }
     }
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let id = child.id();
@@ -137,6 +141,34 @@ fn gradient_caching_equals_one_pass() {
     assert_gradients_match(2, &["clip", "8", "4", "3", "5"]);
 }
 
+/// The tcp backend: 3 processes started by nothing but torchrun's variables pass the same
+/// collective checks as MPI.
+#[test]
+fn tcp_collectives_across_3_processes() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let np = 3;
+    let ranks: Vec<_> = (0..np)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let mut cmd = Command::new(CHECK);
+                cmd.arg("tcp").envs([
+                    ("RANK", rank.to_string()),
+                    ("WORLD_SIZE", np.to_string()),
+                    ("MASTER_ADDR", "127.0.0.1".into()),
+                    ("MASTER_PORT", port.to_string()),
+                ]);
+                run(cmd, Duration::from_secs(120))
+            })
+        })
+        .collect();
+    for (rank, out) in ranks.into_iter().map(|t| t.join().expect("rank thread")).enumerate() {
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "rank {rank} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        let line = format!("rank {rank} of {np} (tcp backend, torchrun launch): 13 checks ok");
+        assert!(stdout.contains(&line), "missing {line:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+}
+
 #[test]
 fn mpi_backend_outside_mpirun_fails_clearly() {
     let mut cmd = Command::new(CHECK);
@@ -158,7 +190,7 @@ fn unknown_backend_names_the_allowed_ones() {
     let out = run(cmd, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("unknown distributed backend \"gloo\": allowed nccl, mpi, single"), "{stderr}");
+    assert!(stderr.contains("unknown distributed backend \"gloo\": allowed nccl, mpi, tcp, single"), "{stderr}");
 }
 
 /// NCCL with one rank on a GPU (NCCL refuses two ranks on one GPU, DESIGN §2): the worker finds
