@@ -37,3 +37,22 @@ fn resume_latest_without_checkpoint_starts_fresh() {
     assert!(crate::common::stderr(&out).contains("starting from scratch"));
     assert!(run_dir.join("checkpoints/step_2/manifest.json").is_file());
 }
+
+/// Every evaluation appends one line to `results.jsonl`, as OpenCLIP's does; the last line is
+/// the final report in `eval.json`.
+#[test]
+fn every_evaluation_appends_a_line_to_results_jsonl() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("run");
+    let mut args = tiny_args(&run_dir, 4, 0);
+    args.extend(["--eval-every", "2"].map(String::from));
+    ok(run(&refs(&args)));
+    let text = std::fs::read_to_string(run_dir.join("results.jsonl")).expect("results.jsonl");
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let steps: Vec<i64> = lines.iter().map(|l| l["step"].as_i64().expect("step")).collect();
+    assert_eq!(steps, [2, 4], "{text}");
+    let final_report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("eval.json")).expect("eval.json")).expect("json");
+    assert_eq!(lines[1], final_report);
+}

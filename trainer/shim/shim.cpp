@@ -98,6 +98,23 @@ int64_t clipfleet_cuda_max_memory_allocated(int device, char* err, size_t err_le
   }
 }
 
+// The bytes libtorch's CUDA caching allocator has allocated to tensors and reserved from the
+// device on `device` now (torch.cuda.memory_allocated / memory_reserved); 0 on success, else
+// nonzero with a message.
+int clipfleet_cuda_memory(int device, int64_t* allocated, int64_t* reserved, char* err, size_t err_len) {
+  try {
+    auto* allocator = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    auto stats = allocator->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[all].current;
+    *reserved = stats.reserved_bytes[all].current;
+    return 0;
+  } catch (const std::exception& e) {
+    fail(e.what(), err, err_len);
+    return 1;
+  }
+}
+
 // torch.cuda.reset_peak_memory_stats(device).
 int clipfleet_cuda_reset_peak_memory(int device, char* err, size_t err_len) {
   try {

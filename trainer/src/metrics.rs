@@ -21,7 +21,9 @@ use std::sync::Mutex;
 
 use clipfleet_dataloader::skip::{SkipCounts, SkipReason};
 use prometheus::core::Collector;
-use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::eval::EvalReport;
 use crate::{Result, TrainError};
@@ -43,6 +45,20 @@ pub const RECALL_DIRECTIONS: [&str; 2] = ["image_to_text", "text_to_image"];
 /// The `signal` values of `clipfleet_stop_requests_total{signal}` (`none`: a request made by
 /// the program, as the `stop-on-rank` test fault does).
 pub const STOP_SIGNAL_LABELS: [&str; 6] = ["SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "none"];
+
+/// Where a worker runs, for `clipfleet_worker_info`: the labels that join its series to a
+/// node's and a GPU's (the DCGM exporter labels its series with `Hostname` and the GPU's `UUID`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerIdentity {
+    /// The rank on its node.
+    pub local_rank: usize,
+    /// The host name of the node (the pod name on Kubernetes).
+    pub node: String,
+    /// The device it trains on: `cpu`, `cuda:0`, …
+    pub device: String,
+    /// The GPU's UUID as `nvidia-smi -L` and the DCGM exporter print it (`GPU-…`); empty on the CPU.
+    pub gpu_uuid: String,
+}
 
 /// What the optimizer steps since the last observation did, for [`Metrics::observe_step`].
 /// The training loop reads the loss back only every `log_every` steps (no host sync per
@@ -96,6 +112,10 @@ pub struct Metrics {
     /// `[SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, none]`, in [`STOP_SIGNAL_LABELS`] order.
     stop_requests: Vec<IntCounter>,
     slurm_restart_count: IntGauge,
+    worker_info: IntGaugeVec,
+    world_size: IntGauge,
+    target_steps: IntGauge,
+    gpu_memory_reserved: IntGauge,
     gpu_memory_allocated: IntGauge,
     eval_top1: Gauge,
     eval_top5: Gauge,
@@ -178,8 +198,21 @@ impl Metrics {
                 "clipfleet_slurm_restart_count",
                 "Times Slurm requeued this job (SLURM_RESTART_COUNT; 0 outside Slurm).",
             )?,
-            gpu_memory_allocated: r
-                .int_gauge("clipfleet_gpu_memory_allocated_bytes", "GPU memory allocated by tensors.")?,
+            worker_info: r.int_gauge_vec(
+                "clipfleet_worker_info",
+                "1 for every worker: where it runs (local_rank, node, device, gpu_uuid), to join node and GPU metrics to ranks.",
+                &["local_rank", "node", "device", "gpu_uuid"],
+            )?,
+            world_size: r.int_gauge("clipfleet_world_size", "Workers in the job.")?,
+            target_steps: r.int_gauge("clipfleet_target_steps", "Optimizer steps the run trains to (the config's steps).")?,
+            gpu_memory_reserved: r.int_gauge(
+                "clipfleet_gpu_memory_reserved_bytes",
+                "GPU memory held by libtorch's CUDA caching allocator (allocated, plus cached for reuse).",
+            )?,
+            gpu_memory_allocated: r.int_gauge(
+                "clipfleet_gpu_memory_allocated_bytes",
+                "GPU memory allocated to tensors, from libtorch's CUDA caching allocator.",
+            )?,
             eval_top1: r.gauge("clipfleet_eval_zero_shot_top1", "Held-out zero-shot top-1 accuracy (0..1).")?,
             eval_top5: r.gauge("clipfleet_eval_zero_shot_top5", "Held-out zero-shot top-5 accuracy (0..1).")?,
             eval_loss: r.gauge("clipfleet_eval_loss", "Held-out contrastive loss.")?,
@@ -287,9 +320,23 @@ impl Metrics {
         self.slurm_restart_count.set(i64::from(count));
     }
 
-    /// Sets `clipfleet_gpu_memory_allocated_bytes`.
-    pub fn set_gpu_memory_allocated(&self, bytes: u64) {
-        self.gpu_memory_allocated.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    /// Sets `clipfleet_worker_info{local_rank, node, device, gpu_uuid}` to 1, and
+    /// `clipfleet_world_size` and `clipfleet_target_steps`.
+    pub fn set_worker(&self, who: &WorkerIdentity, world_size: usize, target_steps: i64) {
+        let local_rank = who.local_rank.to_string();
+        if let Ok(info) =
+            self.worker_info.get_metric_with_label_values(&[&local_rank, &who.node, &who.device, &who.gpu_uuid])
+        {
+            info.set(1);
+        }
+        self.world_size.set(i64::try_from(world_size).unwrap_or(i64::MAX));
+        self.target_steps.set(target_steps);
+    }
+
+    /// Sets `clipfleet_gpu_memory_allocated_bytes` and `clipfleet_gpu_memory_reserved_bytes`.
+    pub fn set_gpu_memory(&self, allocated: u64, reserved: u64) {
+        self.gpu_memory_allocated.set(i64::try_from(allocated).unwrap_or(i64::MAX));
+        self.gpu_memory_reserved.set(i64::try_from(reserved).unwrap_or(i64::MAX));
     }
 
     /// Sets the evaluation gauges from a report: `clipfleet_eval_zero_shot_top1`/`top5` (left
@@ -370,6 +417,10 @@ impl Registrar {
         self.register(GaugeVec::new(self.opts(name, help), labels))
     }
 
+    fn int_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(self.opts(name, help), labels))
+    }
+
     fn int_counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
         self.register(IntCounterVec::new(self.opts(name, help), labels))
     }
@@ -412,6 +463,9 @@ mod tests {
             "clipfleet_stop_requests_total",
             "clipfleet_slurm_restart_count",
             "clipfleet_gpu_memory_allocated_bytes",
+            "clipfleet_gpu_memory_reserved_bytes",
+            "clipfleet_world_size",
+            "clipfleet_target_steps",
             "clipfleet_eval_zero_shot_top1",
             "clipfleet_eval_zero_shot_top5",
             "clipfleet_eval_retrieval_recall",
@@ -427,6 +481,26 @@ mod tests {
             assert!(text.contains(&format!(r#"reason="{}""#, reason.as_str())), "{reason}");
         }
         assert!(Metrics::new("", 0).is_err());
+    }
+
+    #[test]
+    fn worker_info_names_where_the_worker_runs() {
+        let m = Metrics::new("j", 3).expect("metrics");
+        let who = WorkerIdentity {
+            local_rank: 1,
+            node: "gpu017".into(),
+            device: "cuda:1".into(),
+            gpu_uuid: "GPU-5fd4c2b1-0a1b-2c3d-4e5f-60718293a4b5".into(),
+        };
+        m.set_worker(&who, 16, 10_000);
+        m.set_gpu_memory(3 << 30, 5 << 30);
+        let text = m.render().expect("render");
+        assert!(text.contains(
+            r#"clipfleet_worker_info{device="cuda:1",gpu_uuid="GPU-5fd4c2b1-0a1b-2c3d-4e5f-60718293a4b5",job="j",local_rank="1",node="gpu017",rank="3"} 1"#
+        ), "{text}");
+        assert!(text.contains(r#"clipfleet_world_size{job="j",rank="3"} 16"#), "{text}");
+        assert!(text.contains(r#"clipfleet_target_steps{job="j",rank="3"} 10000"#), "{text}");
+        assert!(text.contains(r#"clipfleet_gpu_memory_reserved_bytes{job="j",rank="3"} 5368709120"#), "{text}");
     }
 
     #[test]

@@ -16,6 +16,13 @@ extern "C" {
     fn clipfleet_get_tf32() -> c_int;
     fn clipfleet_cuda_max_memory_allocated(device: c_int, err: *mut c_char, err_len: usize) -> i64;
     fn clipfleet_cuda_reset_peak_memory(device: c_int, err: *mut c_char, err_len: usize) -> c_int;
+    fn clipfleet_cuda_memory(
+        device: c_int,
+        allocated: *mut i64,
+        reserved: *mut i64,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
     fn clipfleet_fused_adamw(
         params: *const *mut C_tensor,
         grads: *const *mut C_tensor,
@@ -100,6 +107,17 @@ pub fn cuda_max_memory_allocated(device: usize) -> Result<u64> {
         }
     })?;
     Ok(peak as u64)
+}
+
+/// The bytes libtorch's CUDA caching allocator has allocated to tensors and reserved on
+/// `device` now (`torch.cuda.memory_allocated`, `torch.cuda.memory_reserved`).
+pub fn cuda_memory(device: usize) -> Result<(u64, u64)> {
+    let (mut allocated, mut reserved) = (0i64, 0i64);
+    // SAFETY: plain C call with valid out-pointers and buffer.
+    checked("cuda_memory", |err, len| unsafe {
+        clipfleet_cuda_memory(device as c_int, &mut allocated, &mut reserved, err, len)
+    })?;
+    Ok((allocated.max(0) as u64, reserved.max(0) as u64))
 }
 
 /// Resets the CUDA allocator's peak statistics on `device` (`torch.cuda.reset_peak_memory_stats`).

@@ -24,6 +24,21 @@ pub(super) fn write_json_atomic(path: &Path, value: &impl serde::Serialize) -> R
         .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
 }
 
+/// Appends `value` as one JSON line to `path` (created if missing), in one write, as
+/// OpenCLIP's `results.jsonl` holds one line per evaluation.
+pub(super) fn append_json_line(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let mut line = serde_json::to_vec(value)
+        .map_err(|source| TrainError::Json { what: format!("writing {}", path.display()), source })?;
+    line.push(b'\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&line))
+        .map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+}
+
 /// The whole job's shard position: every rank holds the cursors of its own partitions; rank
 /// 0 gets them all, merged (`None` elsewhere, and for synthetic data).
 pub(super) fn merge_shard_states(

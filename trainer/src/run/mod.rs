@@ -271,6 +271,11 @@ impl<'g> Run<'g> {
     pub fn report(&mut self, outcome: &StepOutcome) -> Result<()> {
         let global_batch = self.global_batch();
         self.last_loss = self.window.report(outcome, &self.learner, self.group, &self.metrics, global_batch)?;
+        if let tch::Device::Cuda(i) = self.device {
+            if let Ok((allocated, reserved)) = crate::shim::cuda_memory(i) {
+                self.metrics.set_gpu_memory(allocated, reserved);
+            }
+        }
         let bytes_read = self.store.as_ref().map(|s| s.bytes_read().load(std::sync::atomic::Ordering::Relaxed));
         if let Some(data) = &self.data {
             self.window.sync_data(&self.metrics, data, bytes_read);
@@ -289,13 +294,14 @@ impl<'g> Run<'g> {
     }
 
     /// Evaluates the current weights on rank 0 while the other ranks wait, so the ranks
-    /// leave together; `None` on the other ranks.
+    /// leave together, and appends the report to `results.jsonl`; `None` on the other ranks.
     pub fn evaluate(&mut self) -> Result<Option<EvalReport>> {
         let report = if self.group.rank() == 0 {
             let report =
                 self.eval.evaluate(self.learner.model(), Arc::clone(&self.tokenizer), self.store.clone(), self.step)?;
             self.metrics.set_eval(&report);
             log_eval(&report);
+            commit::append_json_line(&self.cfg.output.join("results.jsonl"), &report)?;
             Some(report)
         } else {
             None

@@ -199,6 +199,7 @@ impl<'g> Run<'g> {
         }
         let data = open_stream(cfg, world, group, &model_cfg, store.as_ref(), Arc::clone(&tokenizer), &at)?;
         let metrics = start_metrics(cfg, world, group.rank())?;
+        metrics.set_worker(&worker_identity(world, device), group.world_size(), cfg.steps);
         if resume.is_some() {
             metrics.record_restart();
         }
@@ -320,6 +321,21 @@ fn open_stream(
         prefetch: cfg.prefetch,
     };
     Ok(TrainStream::Synthetic(SyntheticStream::start(stream_cfg, tokenizer, at.data)?))
+}
+
+/// Where this worker runs, for `clipfleet_worker_info`.
+fn worker_identity(world: &WorldInfo, device: tch::Device) -> crate::metrics::WorkerIdentity {
+    let (device_name, gpu_uuid) = match device {
+        tch::Device::Cuda(i) => (format!("cuda:{i}"), crate::device::gpu_uuid(i).unwrap_or_default()),
+        tch::Device::Cpu => ("cpu".to_owned(), String::new()),
+        other => (format!("{other:?}").to_lowercase(), String::new()),
+    };
+    crate::metrics::WorkerIdentity {
+        local_rank: world.local_rank,
+        node: crate::device::host_name(),
+        device: device_name,
+        gpu_uuid,
+    }
 }
 
 /// `SLURM_RESTART_COUNT` (the times Slurm requeued this job; unset before the first requeue):
