@@ -62,11 +62,11 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.
   say "installing torch==2.11.0 into .venv (about 4.6 GB)"
   "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" torch==2.11.0
 fi
-if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import open_clip, safetensors, numpy, webdataset, pyarrow, moto, PIL, tokenizers, sys; sys.exit(PIL.__version__ != "12.3.0" or tokenizers.__version__ != "0.23.3")' 2>/dev/null; then
-  say "installing the test oracles (open_clip_torch 3.3.0, webdataset, pyarrow, moto, tokenizers) into .venv"
+if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import open_clip, safetensors, numpy, webdataset, pyarrow, moto, PIL, tokenizers, tensorboard, sys; sys.exit(PIL.__version__ != "12.3.0" or tokenizers.__version__ != "0.23.3")' 2>/dev/null; then
+  say "installing the test oracles (open_clip_torch 3.3.0, webdataset, pyarrow, moto, tokenizers, tensorboard) into .venv"
   "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" \
     torch==2.11.0 torchvision==0.26.0 open_clip_torch==3.3.0 pillow==12.3.0 safetensors numpy \
-    webdataset pyarrow 'moto[server]' tokenizers==0.23.3
+    webdataset pyarrow 'moto[server]' tokenizers==0.23.3 tensorboard==2.21.0
 fi
 # k8s/tests: kubernetes-validate (offline strict schemas for Kubernetes 1.25 to 1.37) and PyYAML.
 if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import yaml, kubernetes_validate.version as v, sys; sys.exit(v.__version__ != "1.37.0")' 2>/dev/null; then

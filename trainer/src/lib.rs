@@ -22,6 +22,7 @@ pub mod precision;
 pub mod run;
 pub mod shim;
 pub mod step;
+pub mod tensorboard;
 
 pub use config::TrainConfig;
 pub use error::{ConfigError, Result, TrainError};

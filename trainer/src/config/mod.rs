@@ -123,6 +123,10 @@ declare_train_config! {
     [value_name = "IP"] metrics_host: plain String = "0.0.0.0".into();
     /// non-empty; the `job` label of every metric
     [value_name = "NAME"] job_name: plain String = "clipfleet".into();
+    /// `tensorboard`: rank 0 writes TensorBoard event files to `OUTPUT/tensorboard/` (training
+    /// scalars at every log step, evaluation results), as OpenCLIP's `--report-to tensorboard`.
+    /// Unset: none ([metrics](metrics.md#tensorboard))
+    [value_name = "TARGET"] report_to: optional String = None;
     /// `clip` (softmax in both directions, OpenCLIP's `ClipLoss`) or `siglip` (pairwise sigmoid,
     /// OpenCLIP's `SigLipLoss`; a model config without `init_logit_bias` gets OpenCLIP's SigLIP start
     /// values θ = ln 10, β = −10)
@@ -302,6 +306,13 @@ impl TrainConfig {
                 &self.metrics_host,
                 "an IP address, such as 0.0.0.0 or 127.0.0.1",
             ));
+        }
+        if let Some(targets) = &self.report_to {
+            for target in targets.split(',').map(str::trim) {
+                if target != "tensorboard" {
+                    return Err(ConfigError::invalid("report_to", targets, "tensorboard"));
+                }
+            }
         }
         if self.job_name.is_empty() {
             return Err(ConfigError::invalid("job_name", "", "a non-empty label value"));

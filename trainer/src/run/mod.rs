@@ -130,6 +130,8 @@ pub struct Run<'g> {
     faults: Faults,
     /// This worker's stop request is in `clipfleet_stop_requests_total`.
     stop_counted: bool,
+    /// Rank 0's TensorBoard event file (`report_to = "tensorboard"`).
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 /// The `fail-on-rank-R:N` and `stop-on-rank-R:N` test faults of [`crate::fault`].
@@ -270,7 +272,9 @@ impl<'g> Run<'g> {
     /// averaged over the ranks (a collective: every rank reports at the same steps).
     pub fn report(&mut self, outcome: &StepOutcome) -> Result<()> {
         let global_batch = self.global_batch();
-        self.last_loss = self.window.report(outcome, &self.learner, self.group, &self.metrics, global_batch)?;
+        let reported = self.window.report(outcome, &self.learner, self.group, &self.metrics, global_batch)?;
+        self.last_loss = reported.loss;
+        self.write_scalars(outcome.step, &reported.scalars());
         if let tch::Device::Cuda(i) = self.device {
             if let Ok((allocated, reserved)) = crate::shim::cuda_memory(i) {
                 self.metrics.set_gpu_memory(allocated, reserved);
@@ -302,6 +306,7 @@ impl<'g> Run<'g> {
             self.metrics.set_eval(&report);
             log_eval(&report);
             commit::append_json_line(&self.cfg.output.join("results.jsonl"), &report)?;
+            self.write_scalars(report.step, &eval_scalars(&report));
             Some(report)
         } else {
             None
@@ -332,6 +337,17 @@ impl<'g> Run<'g> {
         Ok(self.summary(checkpoint, None, true))
     }
 
+    /// Writes TensorBoard scalars (rank 0, with `report_to = "tensorboard"`). A write that
+    /// fails is logged and ends the event file, never the run.
+    fn write_scalars(&mut self, step: i64, values: &[(&str, f64)]) {
+        if let Some(writer) = &mut self.tensorboard {
+            if let Err(e) = writer.scalars(step, values) {
+                tracing::error!(path = %writer.path().display(), "cannot write TensorBoard events: {e}; no more will be written");
+                self.tensorboard = None;
+            }
+        }
+    }
+
     /// Stops the data producers and the throughput clock.
     fn end_loop(&mut self) {
         self.ended = Some(Instant::now());
@@ -360,6 +376,23 @@ impl<'g> Run<'g> {
     fn global_batch(&self) -> i64 {
         self.cfg.local_batch() * self.group.world_size() as i64
     }
+}
+
+/// An evaluation's scalars under OpenCLIP's TensorBoard tags (`val/…`).
+fn eval_scalars(report: &EvalReport) -> Vec<(&'static str, f64)> {
+    let mut values = vec![
+        ("val/image_to_text_R@1", report.image_to_text_r1),
+        ("val/image_to_text_R@5", report.image_to_text_r5),
+        ("val/image_to_text_R@10", report.image_to_text_r10),
+        ("val/text_to_image_R@1", report.text_to_image_r1),
+        ("val/text_to_image_R@5", report.text_to_image_r5),
+        ("val/text_to_image_R@10", report.text_to_image_r10),
+        ("val/clip_val_loss", report.val_loss),
+    ];
+    if let (Some(top1), Some(top5)) = (report.zero_shot_top1, report.zero_shot_top5) {
+        values.extend([("val/zeroshot-top1", top1), ("val/zeroshot-top5", top5)]);
+    }
+    values
 }
 
 /// An error and its sources, joined with `: `.

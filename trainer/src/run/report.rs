@@ -11,6 +11,33 @@ use crate::error::Result;
 use crate::metrics::{Metrics, StepObservation};
 use crate::run::{Learner, StepOutcome};
 
+/// What a report found, for the TensorBoard scalars.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reported {
+    /// The loss averaged over the ranks.
+    pub(super) loss: f64,
+    pub(super) learning_rate: f64,
+    pub(super) logit_scale: f64,
+    pub(super) grad_norm: f64,
+    /// Samples per second of the whole job over the window.
+    pub(super) samples_per_second: f64,
+    pub(super) data_wait_fraction: f64,
+}
+
+impl Reported {
+    /// The scalars under OpenCLIP's TensorBoard tags (`train/…`).
+    pub(super) fn scalars(&self) -> [(&'static str, f64); 6] {
+        [
+            ("train/loss", self.loss),
+            ("train/lr", self.learning_rate),
+            ("train/scale", self.logit_scale),
+            ("train/grad_norm", self.grad_norm),
+            ("train/samples_per_second", self.samples_per_second),
+            ("train/data_wait_fraction", self.data_wait_fraction),
+        ]
+    }
+}
+
 /// The steps since the last report.
 #[derive(Debug)]
 pub(super) struct ReportWindow {
@@ -42,8 +69,8 @@ impl ReportWindow {
         self.last_rate
     }
 
-    /// Reports the window ending with `outcome` and starts a new one; returns the loss
-    /// averaged over the ranks (the only host synchronisation of the report).
+    /// Reports the window ending with `outcome` and starts a new one; returns what it
+    /// reported, with the loss averaged over the ranks (the only host synchronisation of the report).
     pub(super) fn report(
         &mut self,
         outcome: &StepOutcome,
@@ -51,7 +78,7 @@ impl ReportWindow {
         group: &dyn ProcessGroup,
         metrics: &Metrics,
         global_batch: i64,
-    ) -> Result<f64> {
+    ) -> Result<Reported> {
         let mut loss = outcome.loss.to_kind(Kind::Double).view([1]);
         group.all_reduce(&mut loss, ReduceOp::Avg)?;
         let loss = loss.double_value(&[0]);
@@ -82,8 +109,16 @@ impl ReportWindow {
             learning_rate: outcome.lr,
             grad_norm: Some(grad_norm),
         });
+        let reported = Reported {
+            loss,
+            learning_rate: outcome.lr,
+            logit_scale,
+            grad_norm,
+            samples_per_second: self.last_rate,
+            data_wait_fraction: self.data_wait / elapsed,
+        };
         (self.start, self.data_wait, self.steps) = (Instant::now(), 0.0, 0);
-        Ok(loss)
+        Ok(reported)
     }
 
     /// Brings the data metrics up to date: the bytes the store has read (`bytes_read`, a

@@ -237,6 +237,7 @@ impl<'g> Run<'g> {
             ended: None,
             faults: super::Faults { fail: crate::fault::rank_failure(), stop: crate::fault::stop_request() },
             stop_counted: false,
+            tensorboard: open_tensorboard(cfg, group.rank())?,
         })
     }
 
@@ -321,6 +322,19 @@ fn open_stream(
         prefetch: cfg.prefetch,
     };
     Ok(TrainStream::Synthetic(SyntheticStream::start(stream_cfg, tokenizer, at.data)?))
+}
+
+/// Rank 0's TensorBoard event file in `OUTPUT/tensorboard/`, with `report_to = "tensorboard"`.
+fn open_tensorboard(cfg: &TrainConfig, rank: usize) -> Result<Option<crate::tensorboard::EventWriter>> {
+    let wanted = cfg.report_to.as_deref().is_some_and(|t| t.split(',').any(|t| t.trim() == "tensorboard"));
+    if !wanted || rank != 0 {
+        return Ok(None);
+    }
+    let dir = cfg.output.join("tensorboard");
+    let writer =
+        crate::tensorboard::EventWriter::create(&dir).map_err(|source| TrainError::Io { path: dir, source })?;
+    tracing::info!(path = %writer.path().display(), "writing TensorBoard events");
+    Ok(Some(writer))
 }
 
 /// Where this worker runs, for `clipfleet_worker_info`.
