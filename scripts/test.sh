@@ -16,3 +16,7 @@ slurm/tests/run.sh
 # The Kubernetes job definitions, rendered and checked offline (k8s/README.md#testing).
 echo "test.sh: k8s/tests/run.sh" >&2
 k8s/tests/run.sh
+# The Grafana dashboard and the alert rules: lint, promtool, and every query against a real
+# Prometheus scraping a 2-worker run (monitoring/README.md#what-is-tested).
+echo "test.sh: monitoring/tests/run.sh" >&2
+monitoring/tests/run.sh
