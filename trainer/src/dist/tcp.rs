@@ -81,9 +81,7 @@ impl TcpGroup {
         let step = Self::chunk_elements(kind);
         let mut link = self.link();
         let mut out = Vec::new();
-        let mut start = 0;
-        loop {
-            let len = step.min(n - start);
+        for (start, len) in chunks(n, step) {
             let part = flat.narrow(0, start, len);
             let reduced_bytes = match link.gather_bytes(&to_bytes(&part))? {
                 Some(parts) => {
@@ -105,13 +103,16 @@ impl TcpGroup {
                 None => link.broadcast_bytes(&[])?,
             };
             out.push(from_bytes(&reduced_bytes, &[len], kind).map_err(self.torch(op))?);
-            start += len;
-            if start >= n {
-                break;
-            }
         }
         Tensor::f_cat(&out, 0).map_err(self.torch(op))
     }
+}
+
+/// `(start, len)` of the chunks of at most `step` elements that cover `0..n`; one empty chunk
+/// when `n` is 0, so that every rank still takes part in one exchange.
+fn chunks(n: i64, step: i64) -> impl Iterator<Item = (i64, i64)> {
+    let count = if n == 0 { 1 } else { (n + step - 1) / step };
+    (0..count).map(move |i| (i * step, step.min(n - i * step)))
 }
 
 /// The bytes of a contiguous CPU tensor.
@@ -146,16 +147,10 @@ impl ProcessGroup for TcpGroup {
         let step = (Self::chunk_elements(kind) / self.world_size as i64).max(1);
         let mut per_rank: Vec<Vec<Tensor>> = (0..self.world_size).map(|_| Vec::new()).collect();
         let mut link = self.link();
-        let mut start = 0;
-        loop {
-            let len = step.min(n - start);
+        for (start, len) in chunks(n, step) {
             let parts = link.all_gather_bytes(&to_bytes(&flat.narrow(0, start, len)))?;
             for (rank, bytes) in parts.iter().enumerate() {
                 per_rank[rank].push(from_bytes(bytes, &[len], kind).map_err(self.torch("all_gather"))?);
-            }
-            start += len;
-            if start >= n {
-                break;
             }
         }
         let whole: Vec<Tensor> = per_rank.iter().map(|chunks| Tensor::cat(chunks, 0)).collect();
@@ -180,18 +175,12 @@ impl ProcessGroup for TcpGroup {
         let step = Self::chunk_elements(kind);
         let mut link = self.link();
         let mut out = Vec::new();
-        let mut start = 0;
-        loop {
-            let len = step.min(n - start);
+        for (start, len) in chunks(n, step) {
             // Rank 0 relays: the root's chunk goes to rank 0 in an all-gather, then to everyone.
             let mine = if self.rank == root { to_bytes(&flat.narrow(0, start, len)) } else { Vec::new() };
             let got =
                 if root == 0 { link.broadcast_bytes(&mine)? } else { link.all_gather_bytes(&mine)?.swap_remove(root) };
             out.push(from_bytes(&got, &[len], kind).map_err(self.torch("broadcast"))?);
-            start += len;
-            if start >= n {
-                break;
-            }
         }
         let got = Tensor::f_cat(&out, 0).and_then(|t| t.f_reshape(tensor.size())).map_err(self.torch("broadcast"))?;
         tch::no_grad(|| tensor.f_copy_(&got)).map_err(self.torch("broadcast"))
@@ -288,6 +277,13 @@ mod tests {
             assert_eq!(min, 1.0);
             assert_eq!(sum, n as f64);
         }
+    }
+
+    #[test]
+    fn chunks_cover_the_range_once() {
+        assert_eq!(chunks(10, 4).collect::<Vec<_>>(), [(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(chunks(8, 4).collect::<Vec<_>>(), [(0, 4), (4, 4)]);
+        assert_eq!(chunks(0, 4).collect::<Vec<_>>(), [(0, 0)]);
     }
 
     #[test]
