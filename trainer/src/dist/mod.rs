@@ -290,6 +290,26 @@ fn check_root(op: &'static str, rank: usize, root: usize, world_size: usize) -> 
     Ok(())
 }
 
+/// [`check_tensor`], plus what the CPU backends (mpi, tcp) need: a CPU tensor of f32 or f64.
+/// Returns the first dimension and the dtype.
+fn check_cpu_float(
+    backend: &str,
+    op: &'static str,
+    rank: usize,
+    world_size: usize,
+    tensor: &Tensor,
+) -> Result<(i64, tch::Kind), DistError> {
+    let rows = check_tensor(op, rank, world_size, tensor)?;
+    let error = |reason: String| DistError::Tensor { op, rank, reason };
+    if tensor.device() != tch::Device::Cpu {
+        return Err(error(format!("the {backend} backend takes CPU tensors, got {:?}", tensor.device())));
+    }
+    match tensor.kind() {
+        k @ (tch::Kind::Float | tch::Kind::Double) => Ok((rows, k)),
+        k => Err(error(format!("dtype {k:?} is not supported (f32, f64)"))),
+    }
+}
+
 /// Checks what every backend needs of a tensor: contiguous, and for reduce-scatter a first
 /// dimension divisible by the world size. Returns the tensor's first dimension.
 fn check_tensor(op: &'static str, rank: usize, world_size: usize, tensor: &Tensor) -> Result<i64, DistError> {

@@ -14,9 +14,9 @@ use ::mpi::collective::SystemOperation;
 use ::mpi::environment::Universe;
 use ::mpi::topology::SimpleCommunicator;
 use ::mpi::traits::{Communicator, CommunicatorCollectives, Equivalence, Root};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::{check_root, check_tensor, Backend, DistError, ProcessGroup, ReduceOp, WorldInfo};
+use super::{check_cpu_float, check_root, Backend, DistError, ProcessGroup, ReduceOp, WorldInfo};
 
 /// The variables one of which an MPI launcher sets in every rank's environment.
 pub const MPI_LAUNCH_VARS: [&str; 4] = ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"];
@@ -103,18 +103,7 @@ impl MpiGroup {
     }
 
     fn check(&self, op: &'static str, tensor: &Tensor) -> Result<(i64, Kind), DistError> {
-        let rows = check_tensor(op, self.mpi.rank, self.mpi.size, tensor)?;
-        if tensor.device() != Device::Cpu {
-            return Err(self.tensor_error(op, format!("the mpi backend takes CPU tensors, got {:?}", tensor.device())));
-        }
-        match tensor.kind() {
-            k @ (Kind::Float | Kind::Double) => Ok((rows, k)),
-            k => Err(self.tensor_error(op, format!("dtype {k:?} is not supported (f32, f64)"))),
-        }
-    }
-
-    fn tensor_error(&self, op: &'static str, reason: String) -> DistError {
-        DistError::Tensor { op, rank: self.mpi.rank, reason }
+        check_cpu_float("mpi", op, self.mpi.rank, self.mpi.size, tensor)
     }
 
     fn torch(&self, op: &'static str) -> impl Fn(tch::TchError) -> DistError {

@@ -16,10 +16,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::rendezvous::Rendezvous;
-use super::{check_root, check_tensor, Backend, DistError, ProcessGroup, ReduceOp, WorldInfo};
+use super::{check_cpu_float, check_root, Backend, DistError, ProcessGroup, ReduceOp, WorldInfo};
 
 /// The longest a collective waits for the other ranks.
 pub const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -49,18 +49,7 @@ impl TcpGroup {
     }
 
     fn check(&self, op: &'static str, tensor: &Tensor) -> Result<(i64, Kind), DistError> {
-        let rows = check_tensor(op, self.rank, self.world_size, tensor)?;
-        if tensor.device() != Device::Cpu {
-            return Err(self.tensor_error(op, format!("the tcp backend takes CPU tensors, got {:?}", tensor.device())));
-        }
-        match tensor.kind() {
-            k @ (Kind::Float | Kind::Double) => Ok((rows, k)),
-            k => Err(self.tensor_error(op, format!("dtype {k:?} is not supported (f32, f64)"))),
-        }
-    }
-
-    fn tensor_error(&self, op: &'static str, reason: String) -> DistError {
-        DistError::Tensor { op, rank: self.rank, reason }
+        check_cpu_float("tcp", op, self.rank, self.world_size, tensor)
     }
 
     fn torch(&self, op: &'static str) -> impl Fn(tch::TchError) -> DistError {
@@ -208,6 +197,7 @@ impl ProcessGroup for TcpGroup {
 mod tests {
     use super::*;
     use crate::dist::LaunchMode;
+    use tch::Device;
 
     /// Runs `body` on a world of `n` tcp ranks on loopback, one thread each.
     fn world<R: Send + 'static>(n: usize, body: impl Fn(TcpGroup) -> R + Send + Sync + Clone + 'static) -> Vec<R> {
