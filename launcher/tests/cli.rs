@@ -28,6 +28,7 @@ fn bad_config_values_name_the_key_and_allowed_values() {
     fails_with(&["train", "--output", o, "--device", "tpu"], &["device", "cuda:N"]);
     fails_with(&["train", "--output", o, "--lr=-1"], &["lr", "> 0"]);
     fails_with(&["train", "--output", o, "--stop-signal", "TERM"], &["--stop-signal", "USR1, USR2 and HUP"]);
+    fails_with(&["train", "--output", o, "--report-to", "wandb"], &["report_to", "tensorboard"]);
     fails_with(&["train", "--output", o, "--stop-grace", "soon"], &["--stop-grace", "seconds"]);
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "batch_size = 8\nlearnin_rate = 0.1\n").expect("write");
