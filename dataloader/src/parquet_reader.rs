@@ -5,7 +5,11 @@
 //! `status`, `width`, `exif`, ...). Rows that failed to download keep their metadata and have a
 //! null image.
 //!
-//! [`ParquetShardReader`] reads only the image, caption and key columns, plus an integer `cls`
+//! Rows whose string column `status` holds anything but `success` (img2dataset's failed
+//! downloads) are *not downloaded*: they are passed over, counted by
+//! [`ParquetShardReader::not_downloaded`], and are neither samples nor skips.
+//!
+//! [`ParquetShardReader`] reads only the image, caption, key and status columns, plus an integer `cls`
 //! label column when the file has one (clipfleet's `shards make` writes it; img2dataset does
 //! not). It is a column projection, so the other column chunks are never fetched. It reads one
 //! row group at a time, in record batches of a configurable size: memory stays bounded by one
@@ -42,6 +46,13 @@ pub const DEFAULT_CAPTION_COLUMNS: [&str; 2] = ["caption", "txt"];
 /// The optional class-label column, read into [`EncodedPair::label`] when it is an integer
 /// column (a column of another type under this name is ignored).
 pub const LABEL_COLUMN: &str = "cls";
+
+/// img2dataset's download-status column; rows whose value is not [`STATUS_SUCCESS`] are
+/// not downloaded.
+pub const STATUS_COLUMN: &str = "status";
+
+/// The `status` of a downloaded row.
+pub const STATUS_SUCCESS: &str = "success";
 
 /// The outcome of one row: a pair to decode, or why the row was skipped.
 pub type ParquetRow = Result<EncodedPair, SkipReason>;
@@ -158,9 +169,11 @@ pub struct ParquetShardReader {
     caption_col: usize,
     key_col: Option<usize>,
     label_col: Option<usize>,
+    status_col: Option<usize>,
     batch: Option<RecordBatch>,
     row_in_batch: usize,
     row: u64,
+    not_downloaded: u64,
 }
 
 impl std::fmt::Debug for ParquetShardReader {
@@ -217,6 +230,7 @@ impl ParquetShardReader {
         let caption_col = index(&names.caption)?;
         let key_col = names.key.as_deref().map(index).transpose()?;
         let label_col = names.label.as_deref().map(index).transpose()?;
+        let status_col = names.status.as_deref().map(index).transpose()?;
         Ok(ParquetShardReader {
             image_format: options.columns.image.to_lowercase(),
             url,
@@ -228,9 +242,11 @@ impl ParquetShardReader {
             caption_col,
             key_col,
             label_col,
+            status_col,
             batch: None,
             row_in_batch: 0,
             row: 0,
+            not_downloaded: 0,
         })
     }
 
@@ -256,14 +272,31 @@ impl ParquetShardReader {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
+    /// Rows passed over so far because img2dataset could not download them (their `status`
+    /// is not `success`).
+    pub fn not_downloaded(&self) -> u64 {
+        self.not_downloaded
+    }
+
+    /// Rows read so far, passed-over ones included (the index of the next row).
+    pub fn rows_read(&self) -> u64 {
+        self.row
+    }
+
     /// The next row, `Ok(None)` at the end of the file. A [`DataError::Parquet`] means the rest
     /// of the file cannot be read (a fetch or decode failure); stop reading this reader then.
     pub async fn next_row(&mut self) -> Result<Option<ParquetRow>, DataError> {
         loop {
             if let Some(batch) = &self.batch {
                 if self.row_in_batch < batch.num_rows() {
-                    let row = self.extract(batch, self.row_in_batch);
+                    let i = self.row_in_batch;
                     self.row_in_batch += 1;
+                    if self.status_col.is_some_and(|c| !downloaded(batch.column(c).as_ref(), i)) {
+                        self.row += 1;
+                        self.not_downloaded += 1;
+                        continue;
+                    }
+                    let row = self.extract(batch, i);
                     self.row += 1;
                     return Ok(Some(row));
                 }
@@ -319,14 +352,33 @@ struct ResolvedColumns {
     caption: String,
     key: Option<String>,
     label: Option<String>,
+    status: Option<String>,
 }
 
 impl ResolvedColumns {
     fn all(&self) -> impl Iterator<Item = &str> {
-        [Some(self.image.as_str()), Some(self.caption.as_str()), self.key.as_deref(), self.label.as_deref()]
-            .into_iter()
-            .flatten()
+        [
+            Some(self.image.as_str()),
+            Some(self.caption.as_str()),
+            self.key.as_deref(),
+            self.label.as_deref(),
+            self.status.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
     }
+}
+
+/// Whether row `i` of a `status` column says the row was downloaded (a null says nothing).
+fn downloaded(col: &dyn Array, i: usize) -> bool {
+    col.is_null(i) || binary_value(col, i).is_none_or(|v| v == STATUS_SUCCESS.as_bytes())
+}
+
+/// Whether `schema` has a string `status` column.
+fn status_column(schema: &Schema) -> Option<String> {
+    let field = schema.field_with_name(STATUS_COLUMN).ok()?;
+    matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        .then(|| STATUS_COLUMN.to_string())
 }
 
 /// Checks the file's schema and returns the columns to project: image, caption, the key when
@@ -365,7 +417,13 @@ fn resolve_columns(url: &str, schema: &Schema, columns: &ParquetColumns) -> Resu
         None => field("key").filter(|f| is_key(f.data_type())).map(|_| "key".to_string()),
     };
     let label = field(LABEL_COLUMN).filter(|f| is_integer(f.data_type())).map(|_| LABEL_COLUMN.to_string());
-    Ok(ResolvedColumns { image: image.clone(), caption: caption.to_string(), key, label })
+    Ok(ResolvedColumns {
+        image: image.clone(),
+        caption: caption.to_string(),
+        key,
+        label,
+        status: status_column(schema),
+    })
 }
 
 fn describe(schema: &Schema) -> String {
@@ -448,13 +506,25 @@ fn key_value(col: &dyn Array, i: usize) -> Option<String> {
     }
 }
 
-/// Rows in a Parquet file, from its footer alone (no data page is fetched): the epoch size of a
-/// Parquet source without a `sizes.json`. Skipped rows are included.
+/// Samples in a Parquet file: the rows in its footer, less the rows img2dataset could not
+/// download when it has a `status` column (then that one column is read, nothing else).
+/// Rows that will be skipped as bad samples are included.
 pub async fn parquet_num_rows(store: Arc<dyn ObjectStore>, path: Path, url: &str) -> Result<u64, DataError> {
-    let mut reader = ObjectStoreFileReader { store, path, bytes_read: Arc::new(AtomicU64::new(0)) };
-    let metadata =
-        reader.get_metadata(None).await.map_err(|source| DataError::Parquet { url: url.to_string(), source })?;
-    Ok(u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0))
+    let reader = ObjectStoreFileReader { store, path, bytes_read: Arc::new(AtomicU64::new(0)) };
+    let parquet_err = |source| DataError::Parquet { url: url.to_string(), source };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(parquet_err)?;
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    let Some(status) = status_column(builder.schema()) else { return Ok(rows) };
+    let Ok(root) = builder.schema().index_of(&status) else { return Ok(rows) };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [root]);
+    let mut stream = builder.with_projection(mask).with_batch_size(8192).build().map_err(parquet_err)?;
+    let mut downloaded_rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(parquet_err)?;
+        let col = batch.column(0);
+        downloaded_rows += (0..batch.num_rows()).filter(|&i| downloaded(col.as_ref(), i)).count() as u64;
+    }
+    Ok(downloaded_rows)
 }
 
 /// Reads every row of one shard on a private single-threaded runtime, for tools and tests.

@@ -67,6 +67,7 @@ impl std::fmt::Display for SkipReason {
 #[derive(Debug, Default)]
 pub struct SkipCounts {
     counts: [AtomicU64; 7],
+    not_downloaded: AtomicU64,
 }
 
 impl SkipCounts {
@@ -80,7 +81,19 @@ impl SkipCounts {
         self.counts[reason.index()].load(Ordering::Relaxed)
     }
 
-    /// All skips.
+    /// Adds one Parquet row that img2dataset could not download. Such rows are not samples:
+    /// they are counted here (`clipfleet_data_samples_not_downloaded_total`), apart from the
+    /// skips, and never count towards the skip limit.
+    pub fn record_not_downloaded(&self) {
+        self.not_downloaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rows not downloaded so far.
+    pub fn not_downloaded(&self) -> u64 {
+        self.not_downloaded.load(Ordering::Relaxed)
+    }
+
+    /// All skips (rows not downloaded are not skips).
     pub fn total(&self) -> u64 {
         SkipReason::ALL.iter().map(|r| self.get(*r)).sum()
     }

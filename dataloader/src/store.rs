@@ -219,6 +219,16 @@ impl ShardStore {
         SizesJson::parse(&bytes, &url)
     }
 
+    /// The `sizes.json` beside `shard_url`, keeping the store's error: a missing file is
+    /// [`DataError::NotFound`], which callers may take as "no sizes here".
+    ///
+    /// # Errors
+    /// The store's errors, and [`DataError::SizesJson`] when it is malformed.
+    pub fn read_sizes_json_strict(&self, shard_url: &str) -> Result<SizesJson, DataError> {
+        let url = sizes_json_url(shard_url);
+        SizesJson::parse(&self.read_all(&url)?, &url)
+    }
+
     /// The number of samples in `source`, from the `sizes.json` of each folder its shards
     /// are in.
     ///

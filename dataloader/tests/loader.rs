@@ -93,8 +93,8 @@ fn global_batches_do_not_depend_on_world_size_or_threads() {
     let mut two = [loader(&spec(&urls, 3, 40), 2, 0, 64, None), loader(&spec(&urls, 2, 40), 2, 1, 64, None)];
     let steps = one.config().steps_per_epoch.expect("epoch length");
     assert_eq!(one.config().partitions, 8, "auto partitions: largest divisor of 64 up to 12 shards");
-    // 12 shards of 25 over 8 partitions: the smallest holds one shard; 1% headroom; 8 rows each.
-    assert_eq!(steps, 24 / 8);
+    // 300 samples cut into 8 partitions of 37 or 38; 8 rows of each per batch.
+    assert_eq!(steps, 37 / 8);
     let mut seen = BTreeSet::new();
     for step in 0..steps + 2 {
         let a = next(&mut one);
@@ -246,17 +246,115 @@ fn resampled_mode_draws_by_source_weight() {
 }
 
 #[test]
-fn too_few_shards_for_the_ranks_is_a_clear_error() {
+fn one_shard_is_cut_for_two_ranks_and_unknown_counts_deal_whole_shards() {
     let dir = tempfile::tempdir().expect("tmp");
     let urls = write_shards(dir.path(), 30, 30, ShardFormat::WebDataset);
-    let err = LoaderConfig::training(&spec(&urls, 1, 8), &store(), 2, 0, 8, 1, SIDE, CTX, None)
-        .expect_err("1 shard, 2 ranks");
+    let mut ranks = [loader(&spec(&urls, 1, 8), 2, 0, 8, None), loader(&spec(&urls, 1, 8), 2, 1, 8, None)];
+    assert_eq!(ranks[0].config().steps_per_epoch, Some(3), "15 samples per partition, 4 rows each");
+    let mut keys = BTreeSet::new();
+    for _ in 0..3 {
+        for r in &mut ranks {
+            for k in next(r).keys {
+                assert!(keys.insert(k.clone()), "{k} read by both ranks");
+            }
+        }
+    }
+    assert_eq!(keys.len(), 24);
+    // Without sizes.json, whole shards are dealt: one shard cannot feed two ranks.
+    std::fs::remove_file(dir.path().join("sizes.json")).expect("rm sizes.json");
+    let mut counted = spec(&urls, 1, 8);
+    counted.num_samples = Some(24);
+    let err = LoaderConfig::training(&counted, &store(), 2, 0, 8, 1, SIDE, CTX, None).expect_err("1 shard, 2 ranks");
     let text = err.to_string();
     assert!(text.contains("train_data") && text.contains("at least one shard per rank"), "{text}");
-    let mut missing = spec(&format!("{}/nope-{{0..1}}.tar", dir.path().display()), 1, 8);
-    missing.num_samples = None;
-    let err = LoaderConfig::training(&missing, &store(), 1, 0, 8, 1, SIDE, CTX, None).expect_err("no sizes");
+    let err = LoaderConfig::training(&spec(&urls, 1, 8), &store(), 1, 0, 8, 1, SIDE, CTX, None).expect_err("no sizes");
     assert!(err.to_string().contains("--train-num-samples"), "{err}");
+}
+
+/// Shards of 1, 100 and 7 samples, as three folders (each with its `sizes.json`); the labels
+/// of folder `i` are offset by `1000 i`, so that [`ids`] tells samples apart.
+fn uneven_shards(dir: &Path) -> String {
+    [(1, "a", 0), (100, "b", 1000), (7, "c", 2000)]
+        .iter()
+        .map(|&(n, name, offset)| write_labelled_shards(&dir.join(name), n, n, ShardFormat::WebDataset, offset))
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+/// `folder/key` of each row of a batch from [`uneven_shards`].
+fn ids(batch: LoadedBatch) -> Vec<String> {
+    batch.labels.iter().zip(&batch.keys).map(|(l, k)| format!("{}/{k}", l.unwrap_or(-1) / 1000)).collect()
+}
+
+#[test]
+fn very_uneven_shards_give_full_epochs_that_do_not_depend_on_the_world_size() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let urls = uneven_shards(dir.path());
+    let mut s = spec(&urls, 2, 10);
+    s.partitions = Some(4);
+    let mut one = loader(&s, 1, 0, 8, None);
+    // 108 samples in 4 partitions of 27; 2 rows of each per batch.
+    let steps = one.config().steps_per_epoch.expect("steps");
+    assert_eq!(steps, 13);
+    let mut two = [loader(&s, 2, 0, 8, None), loader(&s, 2, 1, 8, None)];
+    let mut four: Vec<Loader> = (0..4).map(|r| loader(&s, 4, r, 8, None)).collect();
+    let mut epoch0 = BTreeSet::new();
+    for step in 0..2 * steps + 1 {
+        let a = ids(next(&mut one));
+        let b: Vec<String> = two.iter_mut().flat_map(|l| ids(next(l))).collect();
+        let c: Vec<String> = four.iter_mut().flat_map(|l| ids(next(l))).collect();
+        assert_eq!(a, b, "step {step}: 1 rank and 2 ranks");
+        assert_eq!(a, c, "step {step}: 1 rank and 4 ranks");
+        if step < steps {
+            for k in &a {
+                assert!(epoch0.insert(k.clone()), "{k} twice in epoch 0");
+            }
+        }
+    }
+    assert_eq!(epoch0.len(), 104, "every sample at most once, 108 - 4 left for later epochs");
+    assert_eq!(one.state().epoch, 2);
+
+    // Resume exactly, mid-epoch, from 2 ranks onto 1.
+    let mut reference = loader(&s, 1, 0, 8, None);
+    let expected: Vec<Vec<String>> = (0..steps).map(|_| ids(next(&mut reference))).collect();
+    let mut ranks = [loader(&s, 2, 0, 8, None), loader(&s, 2, 1, 8, None)];
+    let mut states = Vec::new();
+    for _ in 0..6 {
+        states = ranks.iter_mut().map(|l| next(l).state_after).collect();
+    }
+    let merged = LoaderState::merge(&states).expect("same step");
+    let mut resumed = loader(&s, 1, 0, 8, Some(merged));
+    for (step, keys) in expected.iter().enumerate().skip(6) {
+        assert_eq!(&ids(next(&mut resumed)), keys, "step {step} after resuming");
+    }
+}
+
+#[test]
+fn a_partition_short_of_valid_samples_reads_its_shards_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let urls = uneven_shards(dir.path());
+    let corrupted = corrupt_images(&dir.path().join("c/shard-000000.tar"), 2);
+    assert_eq!(corrupted, 4);
+    let mut s = spec(&urls, 2, 10);
+    s.partitions = Some(4);
+    s.max_skip_fraction = 0.5;
+    let mut one = loader(&s, 1, 0, 8, None);
+    let mut two = [loader(&s, 2, 0, 8, None), loader(&s, 2, 1, 8, None)];
+    let steps = one.config().steps_per_epoch.expect("steps");
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for step in 0..steps {
+        let a = ids(next(&mut one));
+        let b: Vec<String> = two.iter_mut().flat_map(|l| ids(next(l))).collect();
+        assert_eq!(a.len(), 8, "full batches");
+        assert_eq!(a, b, "step {step}");
+        for k in a {
+            *counts.entry(k).or_default() += 1;
+        }
+    }
+    assert_eq!(one.skips().get(SkipReason::CorruptImage), 4, "each corrupt sample skipped once");
+    let twice = counts.values().filter(|&&n| n == 2).count();
+    assert!(twice <= 4, "only the samples making up for the skipped ones repeat: {twice}");
+    assert!(counts.values().all(|&n| n <= 2));
 }
 
 /// Replaces the image of every `every`-th sample of a tar shard with garbage bytes.

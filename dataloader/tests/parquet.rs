@@ -82,14 +82,14 @@ fn normal_file_matches_pyarrow_across_row_groups_and_batch_sizes() {
 }
 
 #[tokio::test]
-async fn projection_fetches_only_image_caption_and_key() {
+async fn projection_fetches_only_image_caption_key_and_status() {
     let name = "normal.parquet";
     let mut reader =
         ParquetShardReader::open(store_at(&fixture_dir()), Path::from(name), url(name), &ParquetReadOptions::default())
             .await
             .expect("opens");
     let projected: Vec<&str> = reader.projected_schema().fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(projected, ["key", "caption", "jpg"], "projected schema, in file order");
+    assert_eq!(projected, ["key", "caption", "status", "jpg"], "projected schema, in file order");
     assert_eq!(reader.metadata().num_row_groups(), 2);
     let mut fetched_per_row = Vec::new();
     while let Some(row) = reader.next_row().await.expect("reads") {
@@ -107,7 +107,7 @@ async fn projection_fetches_only_image_caption_and_key() {
     let mut first_group_bytes = 0u64;
     for (g, rg) in reader.metadata().row_groups().iter().enumerate() {
         for col in rg.columns() {
-            if ["key", "caption", "jpg"].contains(&col.column_path().string().as_str()) {
+            if ["key", "caption", "status", "jpg"].contains(&col.column_path().string().as_str()) {
                 projected_bytes += col.byte_range().1;
                 if g == 0 {
                     first_group_bytes += col.byte_range().1;
@@ -127,19 +127,19 @@ async fn projection_fetches_only_image_caption_and_key() {
 }
 
 #[test]
-fn null_image_and_missing_captions_are_skipped_and_counted() {
+fn failed_downloads_are_passed_over_and_bad_rows_are_skipped_and_counted() {
     let name = "null_rows.parquet";
     let rows = read(name, &ParquetReadOptions::default()).expect("reads");
     let exp = expected(name);
-    let exp_rows = exp["rows"].as_array().expect("rows");
+    // The rows with a null image are img2dataset's failed downloads (status
+    // failed_to_download): not rows at all for a reader.
+    let exp_rows: Vec<&serde_json::Value> =
+        exp["rows"].as_array().expect("rows").iter().filter(|e| !e["image_hex"].is_null()).collect();
     assert_eq!(rows.len(), exp_rows.len());
     let counts = SkipCounts::default();
     let mut valid = Vec::new();
     for (row, e) in rows.iter().zip(exp_rows) {
-        // The image decides first: a row with neither image nor caption is a missing image.
-        let want = if e["image_hex"].is_null() {
-            Err(SkipReason::MissingImage)
-        } else if e["caption"].as_str().is_none_or(|c| c.trim().is_empty()) {
+        let want = if e["caption"].as_str().is_none_or(|c| c.trim().is_empty()) {
             Err(SkipReason::MissingCaption)
         } else {
             Ok(e["key"].as_str().expect("key"))
@@ -157,9 +157,22 @@ fn null_image_and_missing_captions_are_skipped_and_counted() {
         }
     }
     assert_eq!(valid, ["000010000", "000010005"]);
-    assert_eq!(counts.get(SkipReason::MissingImage), 2);
     assert_eq!(counts.get(SkipReason::MissingCaption), 2);
-    assert_eq!(counts.total(), 4);
+    assert_eq!(counts.total(), 2);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let not_downloaded = runtime.block_on(async {
+        let mut reader = ParquetShardReader::open(
+            store_at(&fixture_dir()),
+            Path::from(name),
+            url(name),
+            &ParquetReadOptions::default(),
+        )
+        .await
+        .expect("opens");
+        while reader.next_row().await.expect("reads").is_some() {}
+        (reader.not_downloaded(), reader.rows_read())
+    });
+    assert_eq!(not_downloaded, (2, 6), "2 of the 6 rows were not downloaded");
 }
 
 #[test]
@@ -231,10 +244,11 @@ fn missing_caption_candidates_and_named_key_are_schema_errors() {
 }
 
 #[test]
-fn row_count_comes_from_the_footer_alone() {
+fn row_count_comes_from_the_footer_and_the_status_column_alone() {
     for name in ["normal.parquet", "null_rows.parquet", "txt_caption.parquet", "custom_png.parquet"] {
         let n = parquet_num_rows_blocking(store_at(&fixture_dir()), Path::from(name), &url(name)).expect("count");
-        assert_eq!(n, expected(name)["num_rows"].as_u64().expect("num_rows"), "{name}");
+        let failed = if name == "null_rows.parquet" { 2 } else { 0 };
+        assert_eq!(n, expected(name)["num_rows"].as_u64().expect("num_rows") - failed, "{name}: downloaded rows");
     }
 
     // Zero every byte between the leading magic and the footer: the count must not notice.
@@ -242,7 +256,22 @@ fn row_count_comes_from_the_footer_alone() {
     let mut bytes = std::fs::read(fixture_dir().join("normal.parquet")).expect("fixture");
     let len = bytes.len();
     let footer_len = u32::from_le_bytes(bytes[len - 8..len - 4].try_into().expect("4 bytes")) as usize;
-    bytes[4..len - 8 - footer_len].fill(0);
+    // Keep the `status` column chunks: the count reads that column to leave out failed
+    // downloads, and nothing else.
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
+        .expect("footer");
+    let status: Vec<(u64, u64)> = meta
+        .row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns().iter().filter(|c| c.column_path().string() == "status").map(|c| c.byte_range()))
+        .collect();
+    assert_eq!(status.len(), 2);
+    for (i, byte) in bytes.iter_mut().enumerate().take(len - 8 - footer_len).skip(4) {
+        if !status.iter().any(|&(start, n)| (start..start + n).contains(&(i as u64))) {
+            *byte = 0;
+        }
+    }
     std::fs::write(dir.path().join("zeroed.parquet"), &bytes).expect("write");
     let store = store_at(dir.path());
     let n = parquet_num_rows_blocking(Arc::clone(&store), Path::from("zeroed.parquet"), "zeroed").expect("count");

@@ -52,7 +52,10 @@ fn synthetic_webdataset_round_trip() {
         serde_json::json!({"shard-000000.tar": 10, "shard-000001.tar": 10, "shard-000002.tar": 5})
     );
     let pattern = format!("{o}/shard-{{000000..000002}}.tar");
-    assert_eq!(inspect(&[&pattern]), serde_json::json!({"shards": 3, "samples": 25, "skipped": {}}));
+    assert_eq!(
+        inspect(&[&pattern]),
+        serde_json::json!({"shards": 3, "samples": 25, "skipped": {}, "not_downloaded": 0})
+    );
 
     // The reference reader sees the same samples: keys, captions (txt == json caption), labels,
     // and img2dataset's sha256 field, checked with hashlib on the raw image bytes.
@@ -99,7 +102,10 @@ fn synthetic_parquet_round_trip() {
     assert_eq!(files(&out_dir), ["shard-000000.parquet", "shard-000001.parquet", "shard-000002.parquet", "sizes.json"]);
     assert_eq!(sizes(&out_dir)["shard-000002.parquet"], 5);
     let pattern = format!("{o}/shard-{{000000..000002}}.parquet");
-    assert_eq!(inspect(&[&pattern]), serde_json::json!({"shards": 3, "samples": 25, "skipped": {}}));
+    assert_eq!(
+        inspect(&[&pattern]),
+        serde_json::json!({"shards": 3, "samples": 25, "skipped": {}, "not_downloaded": 0})
+    );
 
     // pyarrow, the reference reader: the labels in a nullable int64 `cls` column, and
     // img2dataset's `sha256` column matching hashlib on the image bytes.
@@ -147,7 +153,10 @@ fn images_dir_with_csv_round_trip() {
     ok(run(&["shards", "make", "--images-dir", d, "--captions", c, "--samples-per-shard", "2", "--output", o]));
     assert_eq!(files(&out_dir), ["shard-000000.tar", "shard-000001.tar", "sizes.json"]);
     let pattern = format!("{o}/shard-{{000000..000001}}.tar");
-    assert_eq!(inspect(&[&pattern]), serde_json::json!({"shards": 2, "samples": 3, "skipped": {}}));
+    assert_eq!(
+        inspect(&[&pattern]),
+        serde_json::json!({"shards": 2, "samples": 3, "skipped": {}, "not_downloaded": 0})
+    );
 
     let script = r#"
 import json, sys, webdataset as wds
@@ -167,7 +176,7 @@ print(json.dumps([[s["__key__"], s["txt"], list(s["png"].size)] for s in ds]))
     let shard = format!("{p}/shard-000000.parquet");
     assert_eq!(
         inspect(&["--image-column", "png", &shard]),
-        serde_json::json!({"shards": 1, "samples": 3, "skipped": {}})
+        serde_json::json!({"shards": 1, "samples": 3, "skipped": {}, "not_downloaded": 0})
     );
     // Without labels there is no `cls` column; sha256 is there as img2dataset writes it.
     let script = r#"
@@ -224,14 +233,17 @@ fn inspect_counts_the_bad_fixtures_by_reason() {
         report,
         serde_json::json!({"shards": 4, "samples": 13, "skipped": {
             "caption_not_utf8": 1, "corrupt_image": 2, "missing_caption": 3, "missing_image": 3, "truncated_shard": 2,
-        }})
+        }, "not_downloaded": 0})
     );
 
     // A missing shard is one unreadable_shard skip and the run goes on.
     let tmp = tempfile::tempdir().expect("tempdir");
     let missing = tmp.path().join("missing.tar");
     let report = inspect(&[&fixture("clean.tar"), missing.to_str().expect("utf-8")]);
-    assert_eq!(report, serde_json::json!({"shards": 2, "samples": 5, "skipped": {"unreadable_shard": 1}}));
+    assert_eq!(
+        report,
+        serde_json::json!({"shards": 2, "samples": 5, "skipped": {"unreadable_shard": 1}, "not_downloaded": 0})
+    );
 
     // json:FIELD captions; usage errors exit non-zero.
     let report = inspect(&["--caption", "json:caption", &fixture("json_caption.tar")]);

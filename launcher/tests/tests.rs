@@ -9,6 +9,7 @@ mod common;
 mod crash;
 mod distributed;
 mod embed;
+mod img2dataset;
 mod launch;
 mod resume;
 mod shards;

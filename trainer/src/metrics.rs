@@ -105,8 +105,10 @@ pub struct Metrics {
     checkpoint_seconds: Histogram,
     /// One counter per [`SkipReason::ALL`] entry, in that order.
     samples_skipped: Vec<IntCounter>,
-    /// The [`SkipCounts`] values last added, in [`SkipReason::ALL`] order.
-    skips_synced: Mutex<[u64; SkipReason::ALL.len()]>,
+    samples_not_downloaded: IntCounter,
+    /// The [`SkipCounts`] values last added, in [`SkipReason::ALL`] order, then the rows not
+    /// downloaded.
+    skips_synced: Mutex<[u64; SkipReason::ALL.len() + 1]>,
     shard_bytes_read: IntCounter,
     restarts: IntCounter,
     /// `[SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, none]`, in [`STOP_SIGNAL_LABELS`] order.
@@ -189,7 +191,11 @@ impl Metrics {
                 &CHECKPOINT_BUCKETS,
             )?,
             samples_skipped,
-            skips_synced: Mutex::new([0; SkipReason::ALL.len()]),
+            samples_not_downloaded: r.int_counter(
+                "clipfleet_data_samples_not_downloaded_total",
+                "Parquet rows that img2dataset could not download (status not success): not samples, and not skips.",
+            )?,
+            skips_synced: Mutex::new([0; SkipReason::ALL.len() + 1]),
             shard_bytes_read: r
                 .int_counter("clipfleet_shard_bytes_read_total", "Bytes of shards read from storage.")?,
             restarts: r.int_counter("clipfleet_restarts_total", "Times this process resumed a run.")?,
@@ -280,17 +286,19 @@ impl Metrics {
         self.checkpoint_seconds.observe(seconds);
     }
 
-    /// Brings `clipfleet_data_samples_skipped_total{reason}` up to date with `counts` by adding
+    /// Brings `clipfleet_data_samples_skipped_total{reason}` (and
+    /// `clipfleet_data_samples_not_downloaded_total`) up to date with `counts` by adding
     /// what each reason gained since the last call. Call it as often as convenient (every step,
     /// every log line). A count lower than last time means `counts` is a new set of counters
     /// (a restarted pipeline): its value is then added whole.
     pub fn sync_skips(&self, counts: &SkipCounts) {
         let mut synced = self.skips_synced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (i, reason) in SkipReason::ALL.iter().enumerate() {
-            let now = counts.get(*reason);
+        let counters = self.samples_skipped.iter().chain(std::iter::once(&self.samples_not_downloaded));
+        let values = SkipReason::ALL.iter().map(|r| counts.get(*r)).chain(std::iter::once(counts.not_downloaded()));
+        for (i, (counter, now)) in counters.zip(values).enumerate() {
             let delta = if now >= synced[i] { now - synced[i] } else { now };
             if delta > 0 {
-                self.samples_skipped[i].inc_by(delta);
+                counter.inc_by(delta);
             }
             synced[i] = now;
         }
@@ -538,6 +546,7 @@ mod tests {
         let counts = SkipCounts::default();
         counts.record(SkipReason::CorruptImage);
         counts.record(SkipReason::CorruptImage);
+        counts.record_not_downloaded();
         m.sync_skips(&counts);
         m.sync_skips(&counts); // no change: nothing added
         counts.record(SkipReason::CorruptImage);
@@ -565,6 +574,7 @@ mod tests {
         );
         assert!(line(&text, r#"clipfleet_data_samples_skipped_total{job="j",rank="0",reason="missing_caption"}"#)
             .ends_with(" 0"));
+        assert!(line(&text, "clipfleet_data_samples_not_downloaded_total{").ends_with(" 1"), "{text}");
         assert!(line(&text, "clipfleet_eval_zero_shot_top1{").ends_with(" 0.5"));
         assert!(
             line(&text, r#"clipfleet_eval_retrieval_recall{direction="image_to_text",job="j",k="5",rank="0"}"#)

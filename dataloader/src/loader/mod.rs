@@ -24,17 +24,18 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use partition::PartitionCursor;
-pub use plan::{ShardEntry, ShardOrder};
+pub use plan::{Segment, ShardEntry, ShardOrder, Spread};
 pub use source::{is_parquet, SampleFormat};
 
 use crate::batch::ImageBatch;
 use crate::decode::DEFAULT_MAX_PIXELS;
-use crate::parquet_reader::parquet_num_rows_blocking;
 use crate::shards::{parse_sources, shard_basename, sizes_json_url};
 use crate::skip::SkipCounts;
 use crate::store::ShardStore;
 use crate::tokenizer::Tokenizer;
 use crate::DataError;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use pipeline::EpochPipeline;
 
 /// Default samples per shuffle window of a partition.
@@ -222,13 +223,35 @@ impl LoaderConfig {
             return Err(invalid("shuffle_window", "0".into(), "1 or more samples".into()));
         }
         let sources = parse_sources(&spec.urls, spec.upsampling_factors.as_deref())?;
-        let shards = resolve_shards(store, &sources, spec.num_samples.is_none() && !spec.resampled)?;
+        let shards = if spec.resampled {
+            sources
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| {
+                    s.urls.iter().map(move |u| ShardEntry {
+                        url: u.clone(),
+                        source: i,
+                        weight: s.weight,
+                        samples: None,
+                    })
+                })
+                .collect()
+        } else {
+            resolve_shards(store, &sources, spec.num_samples.is_none())?
+        };
+        let spread = if spec.resampled {
+            Spread::Resampled
+        } else if shards.iter().all(|s| s.samples.is_some()) {
+            Spread::Samples
+        } else {
+            Spread::Shards
+        };
         let partitions = match resume.map(|s| s.partitions).or(spec.partitions) {
             Some(p) => {
-                plan::check_partitions(p, shards.len(), world, global_batch, spec.resampled)?;
+                plan::check_partitions(p, shards.len(), world, global_batch, spread)?;
                 p
             }
-            None => plan::auto_partitions(shards.len(), world, global_batch, spec.resampled)?,
+            None => plan::auto_partitions(shards.len(), world, global_batch, spread)?,
         };
         let order = if spec.resampled { ShardOrder::Resampled } else { ShardOrder::Shuffled };
         let rows = (global_batch / partitions) as u64;
@@ -252,11 +275,11 @@ impl LoaderConfig {
                 ))
             }
             None => {
+                // Partitions differ by one sample at most; the smallest sets the epoch. Samples
+                // skipped as corrupt are made up by a partition's next pass (see `plan`).
                 let plan = plan::EpochPlan::new(&shards, partitions, seed, 0, order);
                 let smallest = (0..partitions).filter_map(|p| plan.partition_samples(p, &shards)).min().unwrap_or(0);
-                // Keep room for the skips the limit tolerates, so a partition does not run dry.
-                let usable = (smallest as f64 * (1.0 - spec.max_skip_fraction)).floor() as u64;
-                usable / rows
+                smallest / rows
             }
         };
         if steps == 0 {
@@ -349,12 +372,20 @@ impl LoaderConfig {
     }
 }
 
-/// Expands the sources into the shard list, with sample counts from each folder's
-/// `sizes.json`, or from Parquet footers when there is none. With `required`, a shard whose
-/// count cannot be found is an error that says to pass `--train-num-samples`.
+/// Shards whose counts are looked up at once.
+const COUNT_LOOKUPS_IN_FLIGHT: usize = 32;
+
+/// Expands the sources into the shard list, with each shard's sample count taken from, in
+/// order: the `sizes.json` of its folder, img2dataset's `<shard stem>_stats.json` beside it
+/// (its `successes`), and, for Parquet, the file's footer (less the rows whose `status` is not
+/// `success`). The per-shard lookups run concurrently. With `required`, a shard whose count
+/// cannot be found is an error that says to pass `--train-num-samples`; without it, its count
+/// stays unknown.
 ///
 /// # Errors
-/// [`DataError::SizesJson`] (when `required`), and fatal store errors.
+/// [`DataError::SizesJson`] (when `required`, or when a `sizes.json` or `_stats.json` is
+/// malformed), and store errors other than a missing file: every rank must see the same
+/// counts, so a failed lookup is never taken for a missing one.
 pub fn resolve_shards(
     store: &ShardStore,
     sources: &[crate::shards::ShardSource],
@@ -365,25 +396,89 @@ pub fn resolve_shards(
     for (i, source) in sources.iter().enumerate() {
         for url in &source.urls {
             let folder = sizes_json_url(url);
-            let sizes = sizes_by_folder.entry(folder).or_insert_with(|| store.read_sizes_json(url).ok());
-            let mut samples = sizes.as_ref().and_then(|s| s.sizes.get(shard_basename(url)).copied());
-            if samples.is_none() && is_parquet(url) && required {
-                let (object_store, path) = store.resolve(url)?;
-                samples = Some(parquet_num_rows_blocking(object_store, path, url)?);
-            }
-            if samples.is_none() && required {
-                return Err(DataError::SizesJson {
-                    url: sizes_json_url(url),
-                    reason: format!(
-                        "no sample count for {}; add it to sizes.json or pass --train-num-samples",
-                        shard_basename(url)
-                    ),
-                });
-            }
+            let sizes = match sizes_by_folder.get(&folder) {
+                Some(sizes) => sizes.clone(),
+                None => {
+                    let sizes = optional(store.read_sizes_json_strict(url))?;
+                    sizes_by_folder.insert(folder, sizes.clone());
+                    sizes
+                }
+            };
+            let samples = sizes.as_ref().and_then(|s| s.sizes.get(shard_basename(url)).copied());
             shards.push(ShardEntry { url: url.clone(), source: i, weight: source.weight, samples });
         }
     }
+    let unknown: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].samples.is_none()).collect();
+    if !unknown.is_empty() {
+        let lookups = unknown.iter().map(|&i| count_from_shard_files(store, shards[i].url.clone()));
+        let counts: Vec<Result<Option<u64>, DataError>> = store
+            .runtime()
+            .block_on(futures::stream::iter(lookups).buffered(COUNT_LOOKUPS_IN_FLIGHT).collect::<Vec<_>>());
+        for (&i, count) in unknown.iter().zip(counts) {
+            shards[i].samples = count?;
+        }
+    }
+    if required {
+        if let Some(shard) = shards.iter().find(|s| s.samples.is_none()) {
+            return Err(DataError::SizesJson {
+                url: sizes_json_url(&shard.url),
+                reason: format!(
+                    "no sample count for {}: not in sizes.json, and no img2dataset {} beside it; add it to sizes.json or pass --train-num-samples",
+                    shard_basename(&shard.url),
+                    stats_json_name(shard_basename(&shard.url)),
+                ),
+            });
+        }
+    }
     Ok(shards)
+}
+
+/// `Ok(None)` for a file that does not exist.
+fn optional<T>(result: Result<T, DataError>) -> Result<Option<T>, DataError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(DataError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// img2dataset's statistics file of a shard: `00012.tar` → `00012_stats.json`.
+pub fn stats_json_name(shard_file: &str) -> String {
+    let stem = shard_file.rsplit_once('.').map_or(shard_file, |(stem, _)| stem);
+    format!("{stem}_stats.json")
+}
+
+/// A shard's count from img2dataset's `_stats.json` beside it, else (Parquet) its footer.
+async fn count_from_shard_files(store: &ShardStore, url: String) -> Result<Option<u64>, DataError> {
+    let stats_url =
+        format!("{}{}", &url[..url.len() - shard_basename(&url).len()], stats_json_name(shard_basename(&url)));
+    let fetched = match store.resolve(&stats_url) {
+        Ok((object_store, path)) => match object_store.get(&path).await {
+            Ok(response) => Some(response.bytes().await.map_err(|e| store_error(&stats_url, &e))?),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(store_error(&stats_url, &e)),
+        },
+        Err(DataError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(bytes) = fetched {
+        let bad = |reason: String| DataError::SizesJson { url: stats_url.clone(), reason };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let successes = value.get("successes").and_then(serde_json::Value::as_u64);
+        return successes.map(Some).ok_or_else(|| bad("no `successes` count (img2dataset writes one)".into()));
+    }
+    if is_parquet(&url) {
+        let (object_store, path) = store.resolve(&url)?;
+        return match crate::parquet_reader::parquet_num_rows(object_store, path, &url).await {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => Err(e),
+        };
+    }
+    Ok(None)
+}
+
+fn store_error(url: &str, e: &object_store::Error) -> DataError {
+    DataError::Store { url: url.to_owned(), reason: e.to_string() }
 }
 
 /// Streams batches for one rank; see the [module docs](self).

@@ -100,6 +100,7 @@ enum Outcome {
 enum Message {
     Item { part: usize, seq: u64, outcome: Outcome, cursor_after: PartitionCursor },
     ShardSkipped { reason: SkipReason, shard: String, detail: String },
+    NotDownloaded,
     Exhausted { part: usize, seq: u64 },
     Fatal(DataError),
 }
@@ -168,6 +169,7 @@ impl EpochPipeline {
                         PartitionEvent::ShardSkipped { reason, shard, detail } => {
                             msgs.send(Message::ShardSkipped { reason, shard, detail }).is_ok()
                         }
+                        PartitionEvent::NotDownloaded => msgs.send(Message::NotDownloaded).is_ok(),
                         PartitionEvent::Exhausted => msgs.send(Message::Exhausted { part, seq }).is_ok(),
                         PartitionEvent::Fatal(e) => msgs.send(Message::Fatal(e)).is_ok(),
                     });
@@ -345,7 +347,7 @@ impl Assembler {
                         return Err(DataError::PartitionExhausted {
                             partition,
                             detail: format!(
-                                "its shards ran out of valid samples {filled} rows into a batch; pass a smaller --train-num-samples or fix the shards (sizes.json may overstate them)"
+                                "a whole pass over its shards gave no valid sample ({filled} rows into a batch); check the shards with `clipfleet shards inspect`"
                             ),
                         });
                     }
@@ -399,6 +401,7 @@ impl Assembler {
                     self.parts[part].pending.insert(seq, (outcome, cursor_after));
                 }
                 Ok(Message::Exhausted { part, seq }) => self.parts[part].exhausted_at = Some(seq),
+                Ok(Message::NotDownloaded) => self.skips.record_not_downloaded(),
                 Ok(Message::ShardSkipped { reason, shard, detail }) => {
                     self.seen += 1;
                     self.skipped += 1;

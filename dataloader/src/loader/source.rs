@@ -36,6 +36,8 @@ pub(crate) enum RawSample {
 pub(crate) enum ShardEvent {
     /// The next sample position.
     Sample(RawSample),
+    /// A row img2dataset could not download: not a sample position.
+    NotDownloaded,
     /// The shard ended early; no more positions come from it.
     ShardSkipped {
         /// [`SkipReason::TruncatedShard`] or [`SkipReason::UnreadableShard`].
@@ -131,9 +133,15 @@ fn parquet_events(
     });
     match opened {
         Err(e) => Box::new(std::iter::once(open_failure(&url, e))),
-        Ok(reader) => {
-            Box::new(ParquetEvents { store, reader, row: 0, file: shard_basename(&url).to_owned(), url, done: false })
-        }
+        Ok(reader) => Box::new(ParquetEvents {
+            store,
+            reader,
+            file: shard_basename(&url).to_owned(),
+            url,
+            done: false,
+            not_downloaded: 0,
+            held: None,
+        }),
     }
 }
 
@@ -142,20 +150,43 @@ struct ParquetEvents {
     reader: ParquetShardReader,
     url: String,
     file: String,
-    row: u64,
     done: bool,
+    /// Not-downloaded rows still to report before `held`.
+    not_downloaded: u64,
+    /// The event read after them.
+    held: Option<ShardEvent>,
 }
 
 impl Iterator for ParquetEvents {
     type Item = ShardEvent;
 
     fn next(&mut self) -> Option<ShardEvent> {
+        if self.not_downloaded > 0 {
+            self.not_downloaded -= 1;
+            return Some(ShardEvent::NotDownloaded);
+        }
+        if let Some(event) = self.held.take() {
+            return Some(event);
+        }
         if self.done {
             return None;
         }
+        let before = self.reader.not_downloaded();
+        let event = self.read_row();
+        let passed = self.reader.not_downloaded() - before;
+        if passed == 0 {
+            return event;
+        }
+        self.not_downloaded = passed - 1;
+        self.held = event;
+        Some(ShardEvent::NotDownloaded)
+    }
+}
+
+impl ParquetEvents {
+    fn read_row(&mut self) -> Option<ShardEvent> {
         let row = self.store.runtime().block_on(self.reader.next_row());
-        let key = format!("{}#{}", self.file, self.row);
-        self.row += 1;
+        let key = format!("{}#{}", self.file, self.reader.rows_read().saturating_sub(1));
         match row {
             Ok(None) => {
                 self.done = true;

@@ -304,6 +304,7 @@ fn open_stream(
         tracing::info!(
             shards = loader_cfg.shards.len(),
             partitions = loader_cfg.partitions,
+            samples = loader_cfg.shards.iter().map(|s| s.samples).sum::<Option<u64>>(),
             steps_per_epoch = loader_cfg.steps_per_epoch.unwrap_or(0),
             decode_threads = loader_cfg.decode_threads,
             "training data"

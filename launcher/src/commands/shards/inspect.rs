@@ -21,6 +21,8 @@ use crate::commands::print_json;
 struct ShardReport {
     samples: u64,
     skipped: SkipCounts,
+    /// Parquet rows img2dataset could not download (not samples, not skips).
+    not_downloaded: u64,
     /// The shard does not exist.
     not_found: bool,
 }
@@ -74,7 +76,12 @@ pub(super) fn run(args: ShardsInspectArgs) -> anyhow::Result<()> {
         let report =
             if is_parquet(url) { inspect_parquet(&store, url, &parquet) } else { inspect_tar(&store, url, &caption) };
         if !args.json {
-            println!("{url}: {} samples{}", report.samples, skips_text(&report.skipped.snapshot()));
+            println!(
+                "{url}: {} samples{}{}",
+                report.samples,
+                skips_text(&report.skipped.snapshot()),
+                not_downloaded_text(report.not_downloaded)
+            );
         }
         reports.push(report);
     }
@@ -88,10 +95,21 @@ pub(super) fn run(args: ShardsInspectArgs) -> anyhow::Result<()> {
             *skipped.entry(reason).or_default() += n;
         }
     }
+    let not_downloaded: u64 = reports.iter().map(|r| r.not_downloaded).sum();
     if args.json {
-        print_json(&serde_json::json!({ "shards": urls.len(), "samples": samples, "skipped": skipped }))?;
+        print_json(&serde_json::json!({
+            "shards": urls.len(),
+            "samples": samples,
+            "skipped": skipped,
+            "not_downloaded": not_downloaded,
+        }))?;
     } else {
-        println!("total: {} shard(s), {samples} samples{}", urls.len(), skips_text(&skipped));
+        println!(
+            "total: {} shard(s), {samples} samples{}{}",
+            urls.len(),
+            skips_text(&skipped),
+            not_downloaded_text(not_downloaded)
+        );
     }
     Ok(())
 }
@@ -107,6 +125,14 @@ fn skips_text(skipped: &BTreeMap<&'static str, u64>) -> String {
     }
     let parts: Vec<String> = skipped.iter().map(|(reason, n)| format!("{reason}={n}")).collect();
     format!(", skipped {}", parts.join(" "))
+}
+
+fn not_downloaded_text(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} rows not downloaded (img2dataset status not success)")
+    }
 }
 
 fn inspect_tar(store: &ShardStore, url: &str, caption: &CaptionSource) -> ShardReport {
@@ -144,11 +170,11 @@ fn inspect_parquet(store: &ShardStore, url: &str, options: &ParquetReadOptions) 
     };
     let read = store.runtime().block_on(async {
         let mut reader = ParquetShardReader::open(object_store, path, url, options).await?;
-        let mut index = 0u64;
         while let Some(row) = reader.next_row().await? {
+            let index = reader.rows_read().saturating_sub(1);
             report.record(row, url, &format!("row {index}"));
-            index += 1;
         }
+        report.not_downloaded = reader.not_downloaded();
         Ok::<(), DataError>(())
     });
     if let Err(err) = read {
