@@ -159,16 +159,43 @@ pub(crate) struct TrainArgs {
 #[derive(Debug, Args)]
 pub(crate) struct EvalArgs {
     /// A run folder (its latest checkpoint is used) or one checkpoint folder.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) checkpoint: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "weights", conflicts_with = "weights")]
+    pub(crate) checkpoint: Option<PathBuf>,
+    /// Weights instead of a checkpoint: a safetensors file with OpenCLIP's keys (OpenCLIP's, or a run's
+    /// model.safetensors), with --model or --model-config; zero-shot classification only.
+    #[arg(long, value_name = "FILE.safetensors", requires = "zero_shot")]
+    pub(crate) weights: Option<PathBuf>,
+    /// Built-in model preset of --weights (tiny, small, ViT-B-32, ViT-B-16, ViT-L-14).
+    #[arg(long, requires = "weights", conflicts_with = "model_config")]
+    pub(crate) model: Option<String>,
+    /// An OpenCLIP model-config JSON file, for --weights.
+    #[arg(long, value_name = "FILE", requires = "weights")]
+    pub(crate) model_config: Option<PathBuf>,
+    /// Zero-shot classification on labelled images instead of the held-out pairs: an image folder
+    /// (one subfolder per class), a CSV with `path` and `label` columns, or shards with `cls` labels.
+    #[arg(long, value_name = "DIR|CSV|URLS")]
+    pub(crate) zero_shot: Option<String>,
+    /// Class names, one per line (default: the class folder names, or the CSV's labels).
+    #[arg(long, value_name = "FILE", requires = "zero_shot")]
+    pub(crate) classnames: Option<PathBuf>,
+    /// Prompt templates: openai (the 80 of the CLIP paper), simple, or a file with one template per
+    /// line, each with {} for the class name.
+    #[arg(long, value_name = "openai|simple|FILE", default_value = "openai", requires = "zero_shot")]
+    pub(crate) templates: String,
+    /// Write one JSON object per image (path, label, top5 class names) to this file.
+    #[arg(long, value_name = "FILE.jsonl", requires = "zero_shot")]
+    pub(crate) predictions: Option<PathBuf>,
+    /// Images per forward pass of zero-shot classification.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) batch_size: u32,
     /// Validation shards to evaluate on (default: the run's val_data, else the synthetic held-out split).
-    #[arg(long, value_name = "URLS")]
+    #[arg(long, value_name = "URLS", conflicts_with = "zero_shot")]
     pub(crate) val_data: Option<String>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub(crate) json: bool,
     /// Held-out pairs to evaluate (default: the run's eval_samples).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "zero_shot")]
     pub(crate) samples: Option<i64>,
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]

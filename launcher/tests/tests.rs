@@ -15,3 +15,4 @@ mod resume;
 mod shards;
 mod stop;
 mod train_shards;
+mod zero_shot;

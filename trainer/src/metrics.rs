@@ -121,6 +121,7 @@ pub struct Metrics {
     gpu_memory_allocated: IntGauge,
     eval_top1: Gauge,
     eval_top5: Gauge,
+    eval_mean_per_class_recall: Gauge,
     eval_loss: Gauge,
     /// `[direction][k]`, in [`RECALL_DIRECTIONS`] × [`RECALL_K`] order.
     eval_recall: [[Gauge; RECALL_K.len()]; RECALL_DIRECTIONS.len()],
@@ -221,6 +222,10 @@ impl Metrics {
             )?,
             eval_top1: r.gauge("clipfleet_eval_zero_shot_top1", "Held-out zero-shot top-1 accuracy (0..1).")?,
             eval_top5: r.gauge("clipfleet_eval_zero_shot_top5", "Held-out zero-shot top-5 accuracy (0..1).")?,
+            eval_mean_per_class_recall: r.gauge(
+                "clipfleet_eval_zero_shot_mean_per_class_recall",
+                "Zero-shot mean per-class recall on zero_shot_data (0..1).",
+            )?,
             eval_loss: r.gauge("clipfleet_eval_loss", "Held-out contrastive loss.")?,
             eval_recall: [recall_row(RECALL_DIRECTIONS[0])?, recall_row(RECALL_DIRECTIONS[1])?],
             registry: r.registry,
@@ -356,6 +361,9 @@ impl Metrics {
         }
         if let Some(top5) = report.zero_shot_top5 {
             self.eval_top5.set(top5);
+        }
+        if let Some(recall) = report.zero_shot_mean_per_class_recall {
+            self.eval_mean_per_class_recall.set(recall);
         }
         self.eval_loss.set(report.val_loss);
         let recalls = [

@@ -96,6 +96,17 @@ declare_train_config! {
     /// the first `eval_samples` pairs (no zero-shot: shards carry no class names). Unset: the synthetic
     /// held-out split
     [value_name = "URLS"] val_data: optional String = None;
+    /// labelled images for zero-shot classification at each evaluation: an image folder (one
+    /// subfolder per class), a CSV with `path` and `label` columns, or shards with `cls` labels. Its
+    /// top-1, top-5 and mean per-class recall replace the synthetic split's
+    /// ([zero-shot](evaluation.md#zero-shot-classification))
+    [value_name = "DIR|CSV|URLS"] zero_shot_data: optional String = None;
+    /// one class name per line, in label order (default: the class folder names, or the CSV's labels);
+    /// required for shards
+    [value_name = "FILE"] zero_shot_classnames: optional PathBuf = None;
+    /// `openai` (the 80 ImageNet templates of the CLIP paper), `simple`, or a file of one template per
+    /// line, each with `{}` for the class name
+    [value_name = "openai|simple|FILE"] zero_shot_templates: plain String = "openai".into();
     /// draw shards with replacement (OpenCLIP's `--dataset-resampled`)
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] dataset_resampled: plain bool = false;
     /// one positive weight per source, joined with `::`; only with `dataset_resampled`
@@ -306,6 +317,11 @@ impl TrainConfig {
                 &self.metrics_host,
                 "an IP address, such as 0.0.0.0 or 127.0.0.1",
             ));
+        }
+        if self.zero_shot_data.is_some() {
+            crate::eval::zero_shot::templates(&self.zero_shot_templates, "zero_shot_templates")?;
+        } else if self.zero_shot_classnames.is_some() {
+            return Err(ConfigError::invalid("zero_shot_classnames", "set", "only with zero_shot_data"));
         }
         if let Some(targets) = &self.report_to {
             for target in targets.split(',').map(str::trim) {

@@ -8,8 +8,11 @@
 //! on its checkpoint.
 
 mod plan;
+pub mod zero_shot;
 
-pub use plan::{evaluate_checkpoint, log_eval, CheckpointEval, EvalData, EvalPlan};
+pub use plan::{
+    evaluate_checkpoint, load_checkpoint_model, log_eval, CheckpointEval, EvalData, EvalPlan, LoadedCheckpoint,
+};
 
 use std::sync::Arc;
 
@@ -29,10 +32,14 @@ use crate::model::{l2_normalize, Clip};
 /// What `clipfleet eval --json` prints. Recalls and accuracies are fractions in [0, 1].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
-    /// Zero-shot top-1 accuracy over [`EvalReport::num_classes`] classes (synthetic data only).
+    /// Zero-shot top-1 accuracy over [`EvalReport::num_classes`] classes: on `zero_shot_data`
+    /// when set, else on the synthetic held-out split (`None` on `val_data` shards).
     pub zero_shot_top1: Option<f64>,
-    /// Zero-shot top-5 accuracy (synthetic data only).
+    /// Zero-shot top-5 accuracy.
     pub zero_shot_top5: Option<f64>,
+    /// Zero-shot mean per-class recall (with `zero_shot_data` only).
+    #[serde(default)]
+    pub zero_shot_mean_per_class_recall: Option<f64>,
     /// Image→text recall@1 over the held-out captions.
     pub image_to_text_r1: f64,
     /// Image→text recall@5.
@@ -240,6 +247,7 @@ pub fn evaluate_batches(
         Ok(EvalReport {
             zero_shot_top1: zs.0,
             zero_shot_top5: zs.1,
+            zero_shot_mean_per_class_recall: None,
             image_to_text_r1: i2t[0],
             image_to_text_r5: i2t[1],
             image_to_text_r10: i2t[2],

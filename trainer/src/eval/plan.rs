@@ -9,6 +9,7 @@ use clipfleet_dataloader::store::{ShardStore, ShardStoreOptions};
 use clipfleet_dataloader::synthetic::SyntheticDataset;
 use clipfleet_dataloader::tokenizer::Tokenizer;
 
+use super::zero_shot::{evaluate_zero_shot, templates, LabelledSet, ZeroShotSpec};
 use super::{evaluate, evaluate_shards, EvalReport};
 use crate::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::config::{DeviceSpec, TrainConfig};
@@ -29,6 +30,9 @@ pub struct EvalPlan {
     /// the run, so that the loss does not depend on how a global batch was spread over
     /// workers.
     pub batch_size: i64,
+    /// Zero-shot classification on labelled images (`zero_shot_data`), whose results replace
+    /// the synthetic split's, in batches of the run's per-worker batch size.
+    pub zero_shot: Option<(ZeroShotSpec, i64)>,
 }
 
 /// The held-out pairs of an evaluation.
@@ -59,7 +63,15 @@ impl EvalPlan {
             Some(urls) => EvalData::Shards { config: Box::new(cfg.clone()), urls: urls.clone(), image_size },
             None => EvalData::Synthetic { image_size, seed: cfg.seed },
         };
-        EvalPlan { data, samples: cfg.eval_samples, batch_size: cfg.batch_size * world_size.max(1) as i64 }
+        let zero_shot = cfg.zero_shot_data.as_ref().map(|data| {
+            let spec = ZeroShotSpec {
+                data: data.clone(),
+                classnames: cfg.zero_shot_classnames.clone(),
+                templates: cfg.zero_shot_templates.clone(),
+            };
+            (spec, cfg.batch_size)
+        });
+        EvalPlan { data, samples: cfg.eval_samples, batch_size: cfg.batch_size * world_size.max(1) as i64, zero_shot }
     }
 
     /// The evaluation of the run that wrote `state`, as its training evaluated; `val_data`
@@ -95,7 +107,7 @@ impl EvalPlan {
         step: i64,
     ) -> Result<EvalReport> {
         let ctx = model.config().text_cfg.context_length as usize;
-        match &self.data {
+        let mut report = match &self.data {
             EvalData::Synthetic { image_size, seed } => {
                 let data = SyntheticDataset::new(*image_size, *seed);
                 evaluate(model, &data, tokenizer.as_ref(), self.samples, self.batch_size, step)
@@ -107,9 +119,19 @@ impl EvalPlan {
                     Some(store) => store,
                     None => Arc::new(ShardStore::new(ShardStoreOptions::default())?),
                 };
-                evaluate_shards(model, loader_cfg, store, tokenizer, self.samples, step)
+                evaluate_shards(model, loader_cfg, store, Arc::clone(&tokenizer), self.samples, step)
             }
+        }?;
+        if let Some((spec, batch)) = &self.zero_shot {
+            let set = LabelledSet::open(spec, "zero_shot_data", "zero_shot_classnames")?;
+            let templates = templates(&spec.templates, "zero_shot_templates")?;
+            let zs = evaluate_zero_shot(model, tokenizer.as_ref(), &set, &templates, *batch as usize, None)?;
+            report.zero_shot_top1 = Some(zs.zero_shot_top1);
+            report.zero_shot_top5 = Some(zs.zero_shot_top5);
+            report.zero_shot_mean_per_class_recall = Some(zs.zero_shot_mean_per_class_recall);
+            report.num_classes = zs.num_classes;
         }
+        Ok(report)
     }
 }
 
@@ -149,22 +171,51 @@ pub struct CheckpointEval {
 /// [`TrainError::Checkpoint`] when `path` holds no committed checkpoint; the errors of
 /// loading it and of the evaluation.
 pub fn evaluate_checkpoint(path: &Path, request: &CheckpointEval) -> Result<(PathBuf, EvalReport)> {
+    let loaded = load_checkpoint_model(path, request.device, request.vocab.as_deref())?;
+    let plan = EvalPlan::for_checkpoint(&loaded.state, request.val_data.as_deref(), request.samples)?;
+    let report = plan.evaluate(&loaded.model, loaded.tokenizer, None, loaded.state.step)?;
+    Ok((loaded.dir, report))
+}
+
+/// A committed checkpoint's model, ready to evaluate.
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    /// The checkpoint folder.
+    pub dir: PathBuf,
+    /// Its state (step, configs).
+    pub state: CheckpointState,
+    /// The model with its weights, in the run's evaluation precision.
+    pub model: Clip,
+    /// The run's tokenizer (or `vocab`).
+    pub tokenizer: Arc<dyn Tokenizer>,
+}
+
+/// Loads the newest committed checkpoint under `path` (a run, `checkpoints/` or `step_N/`
+/// folder) on `device` (default `auto`), with the run's precision and TF32 setting, and the
+/// run's tokenizer unless `vocab` is given.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when `path` holds no committed checkpoint; the errors of
+/// loading it.
+pub fn load_checkpoint_model(
+    path: &Path,
+    device: Option<DeviceSpec>,
+    vocab: Option<&Path>,
+) -> Result<LoadedCheckpoint> {
     let dir = checkpoint::resolve(path)?.ok_or_else(|| TrainError::Checkpoint {
         path: path.to_path_buf(),
         reason: "holds no committed checkpoint".into(),
     })?;
     let ck = Checkpoint::open(&dir)?;
     let cfg = &ck.state.train_config;
-    let device = resolve_device(request.device.unwrap_or(DeviceSpec::Auto))?;
+    let device = resolve_device(device.unwrap_or(DeviceSpec::Auto))?;
     // The evaluation never autocasts: an amp_bf16 run's fp32 weights evaluate on a CPU too.
     let precision = Precision::resolve(cfg.precision, device).unwrap_or(Precision::Fp32);
     precision.configure(cfg.tf32)?;
     let mut model = Clip::new(&ck.state.model_config, device)?;
     model.set_parameter_kind(precision.parameter_kind());
     ck.load_model(&mut model)?;
-    let vocab = request.vocab.clone().or_else(|| cfg.vocab.clone());
+    let vocab = vocab.map(Path::to_path_buf).or_else(|| cfg.vocab.clone());
     let tokenizer = tokenizer_for(&ck.state.model_config, vocab.as_deref())?;
-    let plan = EvalPlan::for_checkpoint(&ck.state, request.val_data.as_deref(), request.samples)?;
-    let report = plan.evaluate(&model, tokenizer, None, ck.state.step)?;
-    Ok((dir, report))
+    Ok(LoadedCheckpoint { dir, state: ck.state.clone(), model, tokenizer })
 }

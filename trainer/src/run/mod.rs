@@ -392,6 +392,9 @@ fn eval_scalars(report: &EvalReport) -> Vec<(&'static str, f64)> {
     if let (Some(top1), Some(top5)) = (report.zero_shot_top1, report.zero_shot_top5) {
         values.extend([("val/zeroshot-top1", top1), ("val/zeroshot-top5", top5)]);
     }
+    if let Some(recall) = report.zero_shot_mean_per_class_recall {
+        values.push(("val/zeroshot-mean-per-class-recall", recall));
+    }
     values
 }
 

@@ -18,6 +18,7 @@ use crate::data::{tokenizer_for, DataPosition, TrainStream};
 use crate::device::resolve_device;
 use crate::dist::{self, Backend, LaunchMode, ProcessGroup, WorldInfo};
 use crate::error::{ConfigError, Result, TrainError};
+use crate::eval::zero_shot::LabelledSet;
 use crate::eval::EvalPlan;
 use crate::metrics::Metrics;
 use crate::model::ClipConfig;
@@ -213,6 +214,12 @@ impl<'g> Run<'g> {
             pb.set_position(at.step as u64);
         }
         let image_size = model_cfg.vision_cfg.image_size as u32;
+        let eval = EvalPlan::for_run(cfg, image_size, group.world_size());
+        if let (Some((spec, _)), 0) = (&eval.zero_shot, group.rank()) {
+            // A bad zero_shot_data fails now, not at the first evaluation hours later.
+            let set = LabelledSet::open(spec, "zero_shot_data", "zero_shot_classnames")?;
+            tracing::info!(data = %spec.data, classes = set.classnames.len(), templates = %spec.templates, "zero-shot classification at each evaluation");
+        }
         Ok(Run {
             cfg: cfg.clone(),
             world: world.clone(),
@@ -222,7 +229,7 @@ impl<'g> Run<'g> {
             data: Some(data),
             tokenizer,
             store,
-            eval: EvalPlan::for_run(cfg, image_size, group.world_size()),
+            eval,
             metrics,
             window: ReportWindow::new(),
             boundary: opts.boundary.clone(),
