@@ -77,6 +77,8 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.2)
     ap.add_argument("--grad-clip-norm", type=float, default=None)
     ap.add_argument("--loss", default="clip", choices=["clip", "siglip"])
+    ap.add_argument("--lock-image", action="store_true", help="model.lock_image_tower(), as open_clip_train's --lock-image")
+    ap.add_argument("--lock-text", action="store_true", help="model.lock_text_tower(), as open_clip_train's --lock-text")
     a = ap.parse_args()
     if a.batch_size < 1 or a.steps < 1 or a.warmup < 0:
         ap.error("--batch-size and --steps must be >= 1 and --warmup >= 0")
@@ -100,6 +102,10 @@ def main():
         model = model.to(torch.bfloat16)
         input_dtype = torch.bfloat16
     model.train()
+    if a.lock_image:
+        model.lock_image_tower()
+    if a.lock_text:
+        model.lock_text_tower()
     opt, fused = make_optimizer(model, a.lr, a.weight_decay)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "amp_bf16" \
         else contextlib.nullcontext

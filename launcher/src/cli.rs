@@ -355,6 +355,12 @@ pub(crate) struct BenchTrainArgs {
     /// Seed of the model and the data.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Lock the image tower (LiT): no gradient, no optimizer state; the reference locks it too.
+    #[arg(long)]
+    pub(crate) lock_image: bool,
+    /// Lock the text tower; the reference locks it too.
+    #[arg(long)]
+    pub(crate) lock_text: bool,
     /// Peak FLOP/s of the device in TFLOP/s, for the MFU figure. Default: NVIDIA's datasheet
     /// figure for the card and precision (printed with its source); none on the CPU.
     #[arg(long, value_name = "TFLOPS")]

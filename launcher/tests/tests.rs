@@ -11,6 +11,7 @@ mod distributed;
 mod embed;
 mod img2dataset;
 mod launch;
+mod pretrained;
 mod resume;
 mod shards;
 mod stop;

@@ -217,13 +217,13 @@ impl ContrastiveStep<'_> {
 
         // 5. Back into the towers, one micro-batch at a time.
         match kept {
-            Some((fi, ft)) => surrogate(&fi, &ft, &g_image, &g_text).backward(),
+            Some((fi, ft)) => backward_through_towers(surrogate(&fi, &ft, &g_image, &g_text)),
             None => {
                 for j in 0..accum {
                     replay.seed_micro(j);
                     let (fi, ft) =
                         self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
-                    surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)).backward();
+                    backward_through_towers(surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)));
                 }
             }
         }
@@ -240,6 +240,14 @@ impl ContrastiveStep<'_> {
         all_reduce_gradients(self.group, &model.named_parameters(), self.bucket_bytes)?;
         times.all_reduce += t.elapsed().as_secs_f64();
         Ok(StepOutput { loss: grads.loss, times })
+    }
+}
+
+/// Backpropagates the surrogate into whatever tower parameters are trainable: nothing when both
+/// towers are locked whole.
+fn backward_through_towers(surrogate: Tensor) {
+    if surrogate.requires_grad() {
+        surrogate.backward();
     }
 }
 

@@ -39,6 +39,8 @@ fn bench_config(args: &BenchTrainArgs) -> TrainConfig {
         loss: args.loss,
         grad_clip_norm: args.grad_clip_norm,
         seed: args.seed,
+        lock_image: args.lock_image,
+        lock_text: args.lock_text,
         ..TrainConfig::default()
     }
 }
@@ -74,6 +76,12 @@ fn run_reference(
     .collect();
     if let Some(norm) = cfg.grad_clip_norm {
         ref_args.extend(["--grad-clip-norm".into(), norm.to_string()]);
+    }
+    if cfg.lock_image {
+        ref_args.push("--lock-image".into());
+    }
+    if cfg.lock_text {
+        ref_args.push("--lock-text".into());
     }
     let result = reference::run_json(python, "bench_openclip_train.py", &ref_args, "samples_per_second");
     let _ = std::fs::remove_file(&cfg_path);

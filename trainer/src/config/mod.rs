@@ -35,6 +35,20 @@ declare_train_config! {
     /// a tokenizer file: `bpe_simple_vocab_16e6.txt.gz` (OpenCLIP BPE) or a Hugging Face
     /// `tokenizer.json` ([tokenizer](#tokenizer-selection))
     [value_name = "PATH"] vocab: optional PathBuf = None;
+    /// weights to start from: an OpenCLIP state dict or a run's `model.safetensors` (safetensors with
+    /// OpenCLIP's names, matching the model). Weights only: the optimizer and the schedule start fresh.
+    /// Ignored when the run resumes from a checkpoint ([pretrained](operations.md#starting-from-pretrained-weights-and-lit))
+    [value_name = "FILE"] pretrained: optional PathBuf = None;
+    /// lock the image tower (LiT, OpenCLIP's `--lock-image`): no gradient, no optimizer state
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] lock_image: plain bool = false;
+    /// ≥ 0; with `lock_image`, leave this many of the image tower's last layer groups trainable
+    [value_name = "N"] lock_image_unlocked_groups: plain i64 = 0;
+    /// freeze BatchNorm running statistics of a locked image tower (OpenCLIP's flag; ViTs have none)
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] lock_image_freeze_bn_stats: plain bool = false;
+    /// lock the text tower (OpenCLIP's `--lock-text`)
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] lock_text: plain bool = false;
+    /// ≥ 0; with `lock_text`, leave this many of the text tower's last layer groups trainable
+    [value_name = "N"] lock_text_unlocked_layers: plain i64 = 0;
     /// ≥ 1; pairs per micro-batch per worker (OpenCLIP's `--batch-size`). A step's global batch is
     /// `batch_size × accum_freq × world_size`
     [value_name = "N"] batch_size: plain i64 = 128;
@@ -230,6 +244,16 @@ impl TrainConfig {
         crate::loss::blockwise::BlockSizes::tiles(self.loss_block_rows, self.loss_block_cols.unwrap_or(i64::MAX))
     }
 
+    /// Which towers are locked.
+    pub fn lock_spec(&self) -> crate::model::lock::LockSpec {
+        crate::model::lock::LockSpec {
+            image: self.lock_image,
+            image_unlocked_groups: self.lock_image_unlocked_groups,
+            text: self.lock_text,
+            text_unlocked_layers: self.lock_text_unlocked_layers,
+        }
+    }
+
     /// Pairs per worker per step: `batch_size × accum_freq`.
     pub fn local_batch(&self) -> i64 {
         self.batch_size * self.accum_freq
@@ -317,6 +341,25 @@ impl TrainConfig {
                 &self.metrics_host,
                 "an IP address, such as 0.0.0.0 or 127.0.0.1",
             ));
+        }
+        for (key, value, lock, lock_key) in [
+            ("lock_image_unlocked_groups", self.lock_image_unlocked_groups, self.lock_image, "lock_image"),
+            ("lock_text_unlocked_layers", self.lock_text_unlocked_layers, self.lock_text, "lock_text"),
+        ] {
+            if value < 0 {
+                return Err(ConfigError::invalid(key, value, "an integer >= 0"));
+            }
+            if value > 0 && !lock {
+                return Err(ConfigError::invalid(key, value, format!("0 unless {lock_key} = true")));
+            }
+        }
+        if self.lock_image_freeze_bn_stats && !self.lock_image {
+            return Err(ConfigError::invalid("lock_image_freeze_bn_stats", true, "false unless lock_image = true"));
+        }
+        if let Some(path) = &self.pretrained {
+            if !path.is_file() {
+                return Err(ConfigError::invalid("pretrained", path.display(), "an existing safetensors file"));
+            }
         }
         if self.zero_shot_data.is_some() {
             crate::eval::zero_shot::templates(&self.zero_shot_templates, "zero_shot_templates")?;

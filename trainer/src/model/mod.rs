@@ -3,6 +3,7 @@
 pub mod clip;
 pub mod config;
 pub mod flops;
+pub mod lock;
 pub mod text;
 pub mod transformer;
 pub mod vision;

@@ -68,7 +68,30 @@ impl<'g> Learner<'g> {
         tch::manual_seed(cfg.seed as i64);
         let mut model = Clip::new(model_cfg, device)?;
         model.set_parameter_kind(precision.parameter_kind());
-        let optimizer = AdamW::new(model.named_parameters(), cfg.adamw());
+        // Locked parameters get no gradient and no optimizer state.
+        let lock = cfg.lock_spec();
+        let (mut trainable, mut locked) = (Vec::new(), 0i64);
+        for (name, param) in model.named_parameters() {
+            if lock.is_locked(&name, model_cfg) {
+                let _ = param.set_requires_grad(false);
+                locked += param.numel() as i64;
+            } else {
+                trainable.push((name, param));
+            }
+        }
+        if locked > 0 {
+            let total: i64 = model.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum();
+            tracing::info!(
+                locked,
+                trainable = total - locked,
+                image = lock.image,
+                image_unlocked_groups = lock.image_unlocked_groups,
+                text = lock.text,
+                text_unlocked_layers = lock.text_unlocked_layers,
+                "locked parameters"
+            );
+        }
+        let optimizer = AdamW::new(trainable, cfg.adamw());
         let step = ContrastiveStep {
             precision,
             group,

@@ -175,6 +175,16 @@ impl<'g> Run<'g> {
         let tokenizer = tokenizer_for(&model_cfg, cfg.vocab.as_deref())?;
         let mut learner = Learner::new(cfg, &model_cfg, device, group)?;
         let mut at = StartPosition { step: 0, data: DataPosition::default(), shards: None };
+        match (&resume, &cfg.pretrained) {
+            (None, Some(path)) => {
+                learner.parts_mut().0.load_safetensors(path)?;
+                tracing::info!(pretrained = %path.display(), "starting from pretrained weights (a fresh optimizer and schedule)");
+            }
+            (Some(_), Some(path)) => {
+                tracing::info!(pretrained = %path.display(), "resuming from a checkpoint: pretrained weights not loaded");
+            }
+            _ => {}
+        }
         if let Some(ck) = &resume {
             let (model, optimizer) = learner.parts_mut();
             ck.load_model(model)?;
