@@ -8,6 +8,7 @@
 //! of those numbers, whatever the number of threads or ranks.
 
 pub mod batch;
+pub mod csv_dataset;
 pub mod decode;
 pub mod error;
 pub mod loader;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use clipfleet_dataloader::loader::{resolve_shards, DataSpec, Loader, LoaderConfig};
+use clipfleet_dataloader::loader::{resolve_shards, DataSpec, Loader, LoaderConfig, SampleFormat};
 use clipfleet_dataloader::shards::parse_sources;
 use clipfleet_dataloader::store::{ShardStore, ShardStoreOptions};
 use clipfleet_dataloader::tokenizer::word::WordTokenizer;
@@ -50,7 +50,7 @@ fn tokenizer() -> Arc<dyn Tokenizer> {
 fn counts_come_from_the_stats_files_then_from_parquet_footers() {
     for format in ["wds", "parquet"] {
         let sources = parse_sources(&urls(format), None).expect("urls");
-        let shards = resolve_shards(&store(), &sources, true).expect("counts");
+        let shards = resolve_shards(&store(), &sources, &SampleFormat::default(), true).expect("counts");
         let counts: Vec<Option<u64>> = shards.iter().map(|s| s.samples).collect();
         assert_eq!(counts, vec![Some(96), Some(95), Some(49)], "{format}: img2dataset's `successes`");
     }
@@ -61,7 +61,7 @@ fn counts_come_from_the_stats_files_then_from_parquet_footers() {
         std::fs::copy(dataset().join("parquet").join(&name), copy.path().join(&name)).expect("copy");
     }
     let sources = parse_sources(&format!("{}/{{00000..00002}}.parquet", copy.path().display()), None).expect("urls");
-    let shards = resolve_shards(&store(), &sources, true).expect("counts");
+    let shards = resolve_shards(&store(), &sources, &SampleFormat::default(), true).expect("counts");
     assert_eq!(shards.iter().map(|s| s.samples).collect::<Vec<_>>(), vec![Some(96), Some(95), Some(49)]);
 }
 

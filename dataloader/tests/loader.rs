@@ -484,3 +484,65 @@ fn shards_over_http_read_like_local_ones() {
         assert_eq!(x.images.data, y.images.data);
     }
 }
+
+/// A CSV dataset as OpenCLIP's `--dataset-type csv` reads it: `n` PNG files and a TSV with
+/// `filepath` (relative to the TSV) and `title`; the rows listed in `broken` name missing files.
+fn write_csv_dataset(dir: &Path, n: u64, broken: &[u64]) -> String {
+    std::fs::create_dir_all(dir.join("images")).expect("mkdir");
+    let data = SyntheticDataset::new(32, 5);
+    let mut tsv = String::from("filepath\ttitle\n");
+    for i in 0..n {
+        let s = data.sample(Split::Train, i, None);
+        let name = format!("images/{i:04}.png");
+        if !broken.contains(&i) {
+            s.image.save(dir.join(&name)).expect("png");
+        }
+        tsv.push_str(&format!("{name}\t\"{}, number {i}\"\n", s.caption));
+    }
+    std::fs::write(dir.join("train.tsv"), tsv).expect("tsv");
+    dir.join("train.tsv").display().to_string()
+}
+
+#[test]
+fn csv_datasets_are_read_directly_cut_for_any_world_size() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tsv = write_csv_dataset(dir.path(), 50, &[7]);
+    let mut s = spec(&tsv, 2, 8);
+    s.partitions = Some(2);
+    s.max_skip_fraction = 0.1;
+    let mut one = loader(&s, 1, 0, 8, None);
+    assert_eq!(one.config().steps_per_epoch, Some(6), "50 rows in 2 partitions of 25, 4 rows each");
+    let mut two = [loader(&s, 2, 0, 8, None), loader(&s, 2, 1, 8, None)];
+    let mut seen = BTreeSet::new();
+    for step in 0..6 {
+        let a = next(&mut one);
+        let b: Vec<String> = two.iter_mut().flat_map(|l| next(l).keys).collect();
+        assert_eq!(a.keys, b, "step {step}");
+        assert!(a.keys.iter().all(|k| k.starts_with("train.tsv#")), "{:?}", a.keys);
+        seen.extend(a.keys);
+    }
+    assert_eq!(seen.len(), 48);
+    assert!(!seen.contains("train.tsv#7"), "the row whose image is missing is skipped");
+    assert_eq!(one.skips().get(SkipReason::MissingImage), 1);
+
+    // Another separator and other column names, as OpenCLIP's --csv-* flags give them.
+    let csv = dir.path().join("other.csv");
+    std::fs::write(&csv, "caption,path\n\"a photo, with a comma\",images/0000.png\n,images/0001.png\n").expect("csv");
+    let mut c = spec(&csv.display().to_string(), 1, 4);
+    c.format.csv = clipfleet_dataloader::csv_dataset::CsvColumns {
+        image: "path".into(),
+        caption: "caption".into(),
+        separator: ',',
+    };
+    let cfg = LoaderConfig::evaluation(&c, 4, SIDE, CTX).expect("config");
+    let mut l = Loader::new(cfg, store(), tokenizer(), None).expect("loader");
+    let batch = l.next_batch().expect("batch").expect("one batch");
+    assert_eq!(batch.keys, ["other.csv#0"], "the row with an empty caption is skipped");
+    assert_eq!(l.skips().get(SkipReason::MissingCaption), 1);
+    // A header without the image column names it and the key to set.
+    let err = LoaderConfig::evaluation(&spec(&csv.display().to_string(), 1, 4), 4, SIDE, CTX)
+        .map(|cfg| Loader::new(cfg, store(), tokenizer(), None).expect("loader").next_batch())
+        .expect("config")
+        .expect_err("no filepath column");
+    assert!(err.to_string().contains("csv_img_key"), "{err}");
+}

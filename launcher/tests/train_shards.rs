@@ -183,3 +183,45 @@ fn training_exports_metrics_with_skips_by_reason() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(seen, "no step with the corrupt_image skip counted was scraped; last scrape:\n{last}\nlog:\n{log}");
 }
+
+#[test]
+fn a_csv_dataset_trains_with_openclips_flags_and_resumes_bitwise() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = clipfleet_dataloader::synthetic::SyntheticDataset::new(48, 3);
+    std::fs::create_dir(tmp.path().join("img")).expect("mkdir");
+    let mut csv = String::from("filepath;title\n");
+    for i in 0..80u64 {
+        let s = data.sample(clipfleet_dataloader::synthetic::Split::Train, i, None);
+        s.image.save(tmp.path().join(format!("img/{i}.png"))).expect("png");
+        csv.push_str(&format!("img/{i}.png;{}\n", s.caption));
+    }
+    let list = tmp.path().join("train.txt");
+    std::fs::write(&list, csv).expect("csv");
+    let args = |output: &Path| {
+        let mut a = tiny_args(output, 6, 3);
+        a.extend(
+            ["--train-data", list.to_str().expect("utf-8"), "--dataset-type", "csv", "--csv-separator", ";"]
+                .map(String::from),
+        );
+        a
+    };
+    let straight = tmp.path().join("straight");
+    let out = ok(run(&refs(&args(&straight))));
+    assert!(stderr(&out).contains(r#""samples":80"#), "{}", stderr(&out));
+    let resumed = tmp.path().join("resumed");
+    let out = run_env(&refs(&args(&resumed)), &[("CLIPFLEET_FAULT", "exit-after-checkpoint:3")]);
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    let mut again = args(&resumed);
+    again.extend(["--resume", "latest"].map(String::from));
+    ok(run(&refs(&again)));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let a = std::fs::read(straight.join("checkpoints/step_6").join(file)).expect("straight");
+        let b = std::fs::read(resumed.join("checkpoints/step_6").join(file)).expect("resumed");
+        assert!(a == b, "{file} differs between the straight and the resumed run");
+    }
+    let mut bad = args(&tmp.path().join("bad"));
+    let at = bad.iter().position(|a| a == ";").expect("separator");
+    bad[at] = "ab".into();
+    let out = run(&refs(&bad));
+    assert!(!out.status.success() && stderr(&out).contains("csv_separator"), "{}", stderr(&out));
+}

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use partition::PartitionCursor;
 pub use plan::{Segment, ShardEntry, ShardOrder, Spread};
-pub use source::{is_parquet, SampleFormat};
+pub use source::{is_parquet, DatasetType, SampleFormat};
 
 use crate::batch::ImageBatch;
 use crate::decode::DEFAULT_MAX_PIXELS;
@@ -237,7 +237,7 @@ impl LoaderConfig {
                 })
                 .collect()
         } else {
-            resolve_shards(store, &sources, spec.num_samples.is_none())?
+            resolve_shards(store, &sources, &spec.format, spec.num_samples.is_none())?
         };
         let spread = if spec.resampled {
             Spread::Resampled
@@ -378,7 +378,7 @@ const COUNT_LOOKUPS_IN_FLIGHT: usize = 32;
 /// Expands the sources into the shard list, with each shard's sample count taken from, in
 /// order: the `sizes.json` of its folder, img2dataset's `<shard stem>_stats.json` beside it
 /// (its `successes`), and, for Parquet, the file's footer (less the rows whose `status` is not
-/// `success`). The per-shard lookups run concurrently. With `required`, a shard whose count
+/// `success`); a CSV dataset's count is its rows. The per-shard lookups run concurrently. With `required`, a shard whose count
 /// cannot be found is an error that says to pass `--train-num-samples`; without it, its count
 /// stays unknown.
 ///
@@ -389,6 +389,7 @@ const COUNT_LOOKUPS_IN_FLIGHT: usize = 32;
 pub fn resolve_shards(
     store: &ShardStore,
     sources: &[crate::shards::ShardSource],
+    format: &SampleFormat,
     required: bool,
 ) -> Result<Vec<ShardEntry>, DataError> {
     let mut shards = Vec::new();
@@ -410,7 +411,9 @@ pub fn resolve_shards(
     }
     let unknown: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].samples.is_none()).collect();
     if !unknown.is_empty() {
-        let lookups = unknown.iter().map(|&i| count_from_shard_files(store, shards[i].url.clone()));
+        let lookups = unknown
+            .iter()
+            .map(|&i| count_from_shard_files(store, shards[i].url.clone(), format.is_csv(&shards[i].url)));
         let counts: Vec<Result<Option<u64>, DataError>> = store
             .runtime()
             .block_on(futures::stream::iter(lookups).buffered(COUNT_LOOKUPS_IN_FLIGHT).collect::<Vec<_>>());
@@ -448,8 +451,18 @@ pub fn stats_json_name(shard_file: &str) -> String {
     format!("{stem}_stats.json")
 }
 
-/// A shard's count from img2dataset's `_stats.json` beside it, else (Parquet) its footer.
-async fn count_from_shard_files(store: &ShardStore, url: String) -> Result<Option<u64>, DataError> {
+/// A shard's count from img2dataset's `_stats.json` beside it, else (Parquet) its footer, or
+/// (CSV) its rows.
+async fn count_from_shard_files(store: &ShardStore, url: String, csv: bool) -> Result<Option<u64>, DataError> {
+    if csv {
+        let (object_store, path) = store.resolve(&url)?;
+        let response = object_store.get(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => DataError::NotFound { url: url.clone() },
+            e => store_error(&url, &e),
+        })?;
+        let bytes = response.bytes().await.map_err(|e| store_error(&url, &e))?;
+        return Ok(Some(crate::csv_dataset::count_rows(&bytes)));
+    }
     let stats_url =
         format!("{}{}", &url[..url.len() - shard_basename(&url).len()], stats_json_name(shard_basename(&url)));
     let fetched = match store.resolve(&stats_url) {

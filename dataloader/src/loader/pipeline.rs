@@ -28,6 +28,7 @@ use super::source::RawSample;
 use super::{LoadedBatch, LoaderConfig, LoaderState};
 use crate::batch::ImageBatch;
 use crate::decode::decode_rgb;
+use crate::sample::EncodedPair;
 use crate::skip::{SkipCounts, SkipReason};
 use crate::store::ShardStore;
 use crate::tokenizer::Tokenizer;
@@ -247,6 +248,17 @@ fn prepare(
     let pair = match sample {
         RawSample::Pair(pair) => pair,
         RawSample::Skip { reason, shard, key } => return Outcome::Skipped { reason, shard, key },
+        RawSample::File { path, caption, shard, key } => {
+            if caption.trim().is_empty() {
+                return Outcome::Skipped { reason: SkipReason::MissingCaption, shard, key };
+            }
+            let Ok(image) = std::fs::read(&path) else {
+                tracing::warn!(image = %path.display(), %shard, %key, "cannot read the image file of a CSV row");
+                return Outcome::Skipped { reason: SkipReason::MissingImage, shard, key };
+            };
+            let image_format = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+            EncodedPair { shard, key, image, image_format, caption, label: None }
+        }
     };
     let size = cfg.image_size;
     let image = match decode_rgb(&pair.image, &pair.image_format, Some(size), cfg.max_image_pixels) {

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use crate::csv_dataset::{is_csv, read_rows, CsvColumns};
 use crate::parquet_reader::{ParquetReadOptions, ParquetShardReader};
 use crate::sample::EncodedPair;
 use crate::shards::shard_basename;
@@ -20,6 +21,17 @@ use crate::DataError;
 pub(crate) enum RawSample {
     /// An image–caption pair, not yet decoded.
     Pair(EncodedPair),
+    /// A CSV row: an image file still to read (by a decode thread) and its caption.
+    File {
+        /// The image file.
+        path: std::path::PathBuf,
+        /// The caption.
+        caption: String,
+        /// The CSV URL.
+        shard: String,
+        /// `<file>#<row>`.
+        key: String,
+    },
     /// A sample that is skipped, with its shard and key for the warning.
     Skip {
         /// Why.
@@ -58,6 +70,33 @@ pub struct SampleFormat {
     pub caption: CaptionSource,
     /// Parquet columns and batch size.
     pub parquet: ParquetReadOptions,
+    /// CSV columns and separator.
+    pub csv: CsvColumns,
+    /// How URLs map to formats.
+    pub dataset_type: DatasetType,
+}
+
+/// How URLs map to formats (OpenCLIP's `--dataset-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DatasetType {
+    /// By extension: `.csv`/`.tsv` CSV, `.parquet` Parquet, the rest WebDataset tars.
+    #[default]
+    Auto,
+    /// Parquet by extension, every other URL a WebDataset tar.
+    WebDataset,
+    /// Every URL a CSV dataset, whatever its extension.
+    Csv,
+}
+
+impl SampleFormat {
+    /// Whether `url` is read as a CSV dataset.
+    pub fn is_csv(&self, url: &str) -> bool {
+        match self.dataset_type {
+            DatasetType::Auto => is_csv(url),
+            DatasetType::WebDataset => false,
+            DatasetType::Csv => true,
+        }
+    }
 }
 
 /// Whether `url` names a Parquet shard (by its extension).
@@ -72,12 +111,34 @@ pub(crate) fn shard_events(
     url: &str,
     format: &SampleFormat,
 ) -> Box<dyn Iterator<Item = ShardEvent> + Send> {
-    if is_parquet(url) {
+    if format.is_csv(url) {
+        csv_events(store, url, &format.csv)
+    } else if is_parquet(url) {
         parquet_events(Arc::clone(store), url.to_owned(), format.parquet.clone())
     } else {
         match store.open(url) {
             Ok(reader) => Box::new(TarEvents::new(reader, url, format.caption.clone())),
             Err(e) => Box::new(std::iter::once(open_failure(url, e))),
+        }
+    }
+}
+
+/// The rows of a CSV dataset as sample positions; the images are read by the decode threads.
+fn csv_events(store: &Arc<ShardStore>, url: &str, columns: &CsvColumns) -> Box<dyn Iterator<Item = ShardEvent> + Send> {
+    let rows = store.read_all(url).and_then(|bytes| read_rows(&bytes, url, columns));
+    match rows {
+        Err(e) => Box::new(std::iter::once(open_failure(url, e))),
+        Ok(rows) => {
+            let shard = url.to_owned();
+            let file = shard_basename(url).to_owned();
+            Box::new(rows.into_iter().enumerate().map(move |(i, row)| {
+                ShardEvent::Sample(RawSample::File {
+                    path: row.image,
+                    caption: row.caption,
+                    shard: shard.clone(),
+                    key: format!("{file}#{i}"),
+                })
+            }))
         }
     }
 }

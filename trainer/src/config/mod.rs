@@ -137,6 +137,16 @@ declare_train_config! {
     [value_name = "F"] max_skip_fraction: plain f64 = clipfleet_dataloader::loader::DEFAULT_MAX_SKIP_FRACTION;
     /// `txt`, or `json:FIELD` for a string field of the `json` member
     [value_name = "txt|json:FIELD"] caption_key: plain CaptionSource = CaptionSource::Txt;
+    /// `auto` (by extension: `.csv`/`.tsv` CSV, `.parquet` Parquet, others WebDataset tars), `webdataset`,
+    /// or `csv` (every URL is a CSV dataset, as OpenCLIP's `--dataset-type csv`) ([CSV](data.md#csv-datasets))
+    [value_name = "TYPE"] dataset_type: plain String = "auto".into();
+    /// the image-path column of CSV datasets (OpenCLIP's `--csv-img-key`)
+    [value_name = "NAME"] csv_img_key: plain String = "filepath".into();
+    /// the caption column of CSV datasets (OpenCLIP's `--csv-caption-key`)
+    [value_name = "NAME"] csv_caption_key: plain String = "title".into();
+    /// the field separator of CSV datasets: one character, or `\t` for a tab (OpenCLIP's
+    /// `--csv-separator`, a tab by default)
+    [value_name = "CHAR"] csv_separator: plain String = "\t".into();
     /// the binary image column of Parquet shards
     [value_name = "NAME"] parquet_image_column: plain String = "jpg".into();
     /// the caption column of Parquet shards; unset tries `caption`, then `txt`
@@ -208,6 +218,16 @@ impl TrainConfig {
         spec.format.caption = self.caption_key.clone();
         spec.format.parquet.columns.image = self.parquet_image_column.clone();
         spec.format.parquet.columns.caption = self.parquet_caption_column.clone();
+        spec.format.dataset_type = match self.dataset_type.as_str() {
+            "csv" => clipfleet_dataloader::loader::DatasetType::Csv,
+            "webdataset" => clipfleet_dataloader::loader::DatasetType::WebDataset,
+            _ => clipfleet_dataloader::loader::DatasetType::Auto,
+        };
+        spec.format.csv = clipfleet_dataloader::csv_dataset::CsvColumns {
+            image: self.csv_img_key.clone(),
+            caption: self.csv_caption_key.clone(),
+            separator: self.csv_separator_char()?,
+        };
         if self.workers > 0 {
             spec.decode_threads = self.workers;
         } else {
@@ -242,6 +262,19 @@ impl TrainConfig {
     /// The blockwise loss's tile sizes.
     pub fn loss_blocks(&self) -> crate::loss::blockwise::BlockSizes {
         crate::loss::blockwise::BlockSizes::tiles(self.loss_block_rows, self.loss_block_cols.unwrap_or(i64::MAX))
+    }
+
+    /// `csv_separator` as one character (`\t` is a tab).
+    pub fn csv_separator_char(&self) -> Result<char, ConfigError> {
+        let text = match self.csv_separator.as_str() {
+            "\\t" | "tab" => "\t",
+            other => other,
+        };
+        let mut chars = text.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Ok(c),
+            _ => Err(ConfigError::invalid("csv_separator", &self.csv_separator, "one character, or \\t for a tab")),
+        }
     }
 
     /// Which towers are locked.
@@ -342,6 +375,10 @@ impl TrainConfig {
                 "an IP address, such as 0.0.0.0 or 127.0.0.1",
             ));
         }
+        if !["auto", "webdataset", "csv"].contains(&self.dataset_type.as_str()) {
+            return Err(ConfigError::invalid("dataset_type", &self.dataset_type, "auto, webdataset or csv"));
+        }
+        self.csv_separator_char()?;
         for (key, value, lock, lock_key) in [
             ("lock_image_unlocked_groups", self.lock_image_unlocked_groups, self.lock_image, "lock_image"),
             ("lock_text_unlocked_layers", self.lock_text_unlocked_layers, self.lock_text, "lock_text"),

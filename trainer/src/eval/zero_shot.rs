@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clipfleet_dataloader::batch::ImageBatch;
+use clipfleet_dataloader::csv_dataset::parse_records;
 use clipfleet_dataloader::decode::{decode_rgb, DEFAULT_MAX_PIXELS};
 use clipfleet_dataloader::loader::{DataSpec, Loader, LoaderConfig};
 use clipfleet_dataloader::store::{ShardStore, ShardStoreOptions};
@@ -267,16 +268,15 @@ fn csv_file(file: &Path, names: Option<Vec<String>>, key: &str, names_key: &str)
     let bad = |why: String| TrainError::from(ConfigError::invalid(key, file.display(), why));
     let text = std::fs::read_to_string(file).map_err(|e| bad(format!("a readable CSV file ({e})")))?;
     let sep = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv")) { '\t' } else { ',' };
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = split_csv_line(lines.next().unwrap_or_default(), sep);
+    let mut lines = parse_records(&text, sep).into_iter();
+    let header = lines.next().unwrap_or_default();
     let column = |name: &str| header.iter().position(|h| h.trim() == name);
     let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
         return Err(bad(format!("a CSV whose header names the columns `path` and `label` (found {header:?})")));
     };
     let base = file.parent().unwrap_or(Path::new("."));
     let mut rows = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let fields = split_csv_line(line, sep);
+    for (n, fields) in lines.enumerate() {
         let (Some(path), Some(label)) = (fields.get(path_col), fields.get(label_col)) else {
             return Err(bad(format!("row {} with both a path and a label", n + 2)));
         };
@@ -316,26 +316,6 @@ fn csv_file(file: &Path, names: Option<Vec<String>>, key: &str, names_key: &str)
         files.push(LabelledFile { path: resolved, shown: path.clone(), label });
     }
     Ok(LabelledSet { classnames, items: Items::Files(files) })
-}
-
-/// Splits one CSV line on `sep`, with `"..."` quoting and `""` for a quote inside.
-fn split_csv_line(line: &str, sep: char) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut quoted = false;
-    let mut chars = line.trim_end_matches('\r').chars().peekable();
-    while let Some(c) = chars.next() {
-        let field = fields.last_mut().expect("never empty");
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => fields.push(String::new()),
-            c => field.push(c),
-        }
-    }
-    fields
 }
 
 /// The zero-shot classifier: one unit row per class, the renormalised mean of the class's
@@ -531,12 +511,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn templates_and_csv_lines() {
+    fn built_in_and_missing_templates() {
         assert_eq!(templates("openai", "t").expect("openai").len(), 80);
         assert_eq!(templates("simple", "t").expect("simple").len(), 7);
         assert!(templates("/nonexistent/templates.txt", "templates").unwrap_err().to_string().contains("templates"));
-        assert_eq!(split_csv_line(r#"a/b.jpg,"dog, small""#, ','), ["a/b.jpg", "dog, small"]);
-        assert_eq!(split_csv_line("x\ty\r", '\t'), ["x", "y"]);
-        assert_eq!(split_csv_line(r#""say ""hi""",2"#, ','), [r#"say "hi""#, "2"]);
     }
 }
