@@ -110,10 +110,10 @@ pub fn read_rows(bytes: &[u8], url: &str, columns: &CsvColumns) -> Result<Vec<Cs
         .collect())
 }
 
-/// Rows of a CSV file (records less the header), for the epoch length.
-pub fn count_rows(bytes: &[u8]) -> u64 {
+/// Rows of a CSV file with separator `sep` (records less the header), for the epoch length.
+pub fn count_rows(bytes: &[u8], sep: char) -> u64 {
     let text = String::from_utf8_lossy(bytes);
-    parse_records(&text, '\u{1f}').len().saturating_sub(1) as u64
+    parse_records(&text, sep).len().saturating_sub(1) as u64
 }
 
 /// The local folder of a CSV given by path or `file://` URL.
@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(r[1], ["a.jpg", "a dog"]);
         assert_eq!(r[2], ["b\tc.jpg", "say \"hi\"\nto all"]);
         assert_eq!(r[3], ["d.png", ""]);
-        assert_eq!(count_rows(text.as_bytes()), 3);
+        assert_eq!(count_rows(text.as_bytes(), '\t'), 3);
         let rows = read_rows(text.as_bytes(), "/data/x/train.tsv", &CsvColumns::default()).expect("rows");
         assert_eq!(rows[0].image, PathBuf::from("/data/x/a.jpg"));
         let err = read_rows(b"path,caption\na,b\n", "t.csv", &CsvColumns { separator: ',', ..CsvColumns::default() })

@@ -411,9 +411,13 @@ pub fn resolve_shards(
     }
     let unknown: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].samples.is_none()).collect();
     if !unknown.is_empty() {
-        let lookups = unknown
-            .iter()
-            .map(|&i| count_from_shard_files(store, shards[i].url.clone(), format.is_csv(&shards[i].url)));
+        let lookups = unknown.iter().map(|&i| {
+            count_from_shard_files(
+                store,
+                shards[i].url.clone(),
+                format.is_csv(&shards[i].url).then_some(format.csv.separator),
+            )
+        });
         let counts: Vec<Result<Option<u64>, DataError>> = store
             .runtime()
             .block_on(futures::stream::iter(lookups).buffered(COUNT_LOOKUPS_IN_FLIGHT).collect::<Vec<_>>());
@@ -453,15 +457,15 @@ pub fn stats_json_name(shard_file: &str) -> String {
 
 /// A shard's count from img2dataset's `_stats.json` beside it, else (Parquet) its footer, or
 /// (CSV) its rows.
-async fn count_from_shard_files(store: &ShardStore, url: String, csv: bool) -> Result<Option<u64>, DataError> {
-    if csv {
+async fn count_from_shard_files(store: &ShardStore, url: String, csv: Option<char>) -> Result<Option<u64>, DataError> {
+    if let Some(sep) = csv {
         let (object_store, path) = store.resolve(&url)?;
         let response = object_store.get(&path).await.map_err(|e| match e {
             object_store::Error::NotFound { .. } => DataError::NotFound { url: url.clone() },
             e => store_error(&url, &e),
         })?;
         let bytes = response.bytes().await.map_err(|e| store_error(&url, &e))?;
-        return Ok(Some(crate::csv_dataset::count_rows(&bytes)));
+        return Ok(Some(crate::csv_dataset::count_rows(&bytes, sep)));
     }
     let stats_url =
         format!("{}{}", &url[..url.len() - shard_basename(&url).len()], stats_json_name(shard_basename(&url)));
