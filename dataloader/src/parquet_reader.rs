@@ -485,6 +485,9 @@ fn binary_value(col: &dyn Array, i: usize) -> Option<&[u8]> {
 /// `CaptionNotUtf8`.
 fn caption_value(col: &dyn Array, i: usize) -> Result<String, SkipReason> {
     let bytes = binary_value(col, i).ok_or(SkipReason::MissingCaption)?;
+    if bytes.len() > crate::skip::MAX_CAPTION_BYTES {
+        return Err(SkipReason::OversizedCaption);
+    }
     let text = std::str::from_utf8(bytes).map_err(|_| SkipReason::CaptionNotUtf8)?;
     if text.trim().is_empty() {
         return Err(SkipReason::MissingCaption);

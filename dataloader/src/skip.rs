@@ -25,18 +25,29 @@ pub enum SkipReason {
     UnreadableShard,
     /// The image has more pixels than the decompression-bomb limit.
     OversizedImage,
+    /// The caption (or the JSON member holding it) is over [`MAX_CAPTION_BYTES`].
+    OversizedCaption,
+    /// A tar member's path is absolute or climbs out of the shard (`..`): its sample is
+    /// hostile, whatever its other members hold.
+    UnsafePath,
 }
+
+/// The largest caption, or JSON member holding one, that is read (1 MiB): a tokenizer keeps
+/// 77 tokens, and anything this long is garbage or an attack.
+pub const MAX_CAPTION_BYTES: usize = 1 << 20;
 
 impl SkipReason {
     /// Every reason, in label order.
-    pub const ALL: [SkipReason; 7] = [
+    pub const ALL: [SkipReason; 9] = [
         SkipReason::CaptionNotUtf8,
         SkipReason::CorruptImage,
         SkipReason::MissingCaption,
         SkipReason::MissingImage,
+        SkipReason::OversizedCaption,
         SkipReason::OversizedImage,
         SkipReason::TruncatedShard,
         SkipReason::UnreadableShard,
+        SkipReason::UnsafePath,
     ];
 
     /// The `reason` label value.
@@ -49,6 +60,8 @@ impl SkipReason {
             SkipReason::TruncatedShard => "truncated_shard",
             SkipReason::UnreadableShard => "unreadable_shard",
             SkipReason::OversizedImage => "oversized_image",
+            SkipReason::OversizedCaption => "oversized_caption",
+            SkipReason::UnsafePath => "unsafe_path",
         }
     }
 
@@ -66,7 +79,7 @@ impl std::fmt::Display for SkipReason {
 /// Counts of skipped samples per reason, shared between threads.
 #[derive(Debug, Default)]
 pub struct SkipCounts {
-    counts: [AtomicU64; 7],
+    counts: [AtomicU64; SkipReason::ALL.len()],
     not_downloaded: AtomicU64,
 }
 

@@ -527,8 +527,12 @@ fn csv_datasets_are_read_directly_cut_for_any_world_size() {
 
     // Another separator and other column names, as OpenCLIP's --csv-* flags give them.
     let csv = dir.path().join("other.csv");
-    std::fs::write(&csv, "caption,path\n\"a photo, with a comma\",images/0000.png\n,images/0001.png\n").expect("csv");
+    let huge = "x".repeat(clipfleet_dataloader::skip::MAX_CAPTION_BYTES + 1);
+    let text =
+        format!("caption,path\n\"a photo, with a comma\",images/0000.png\n,images/0001.png\n{huge},images/0002.png\n");
+    std::fs::write(&csv, text).expect("csv");
     let mut c = spec(&csv.display().to_string(), 1, 4);
+    c.max_skip_fraction = 1.0;
     c.format.csv = clipfleet_dataloader::csv_dataset::CsvColumns {
         image: "path".into(),
         caption: "caption".into(),
@@ -537,8 +541,10 @@ fn csv_datasets_are_read_directly_cut_for_any_world_size() {
     let cfg = LoaderConfig::evaluation(&c, 4, SIDE, CTX).expect("config");
     let mut l = Loader::new(cfg, store(), tokenizer(), None).expect("loader");
     let batch = l.next_batch().expect("batch").expect("one batch");
-    assert_eq!(batch.keys, ["other.csv#0"], "the row with an empty caption is skipped");
+    assert_eq!(batch.keys, ["other.csv#0"], "the rows with an empty and a 1 MiB caption are skipped");
+    assert!(l.next_batch().expect("end").is_none());
     assert_eq!(l.skips().get(SkipReason::MissingCaption), 1);
+    assert_eq!(l.skips().get(SkipReason::OversizedCaption), 1, "{:?}", l.skips().snapshot());
     // A header without the image column names it and the key to set.
     let err = LoaderConfig::evaluation(&spec(&csv.display().to_string(), 1, 4), 4, SIDE, CTX)
         .map(|cfg| Loader::new(cfg, store(), tokenizer(), None).expect("loader").next_batch())

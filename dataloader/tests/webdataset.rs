@@ -434,3 +434,52 @@ fn decode_throughput() {
         }
     }
 }
+
+/// A tar of `(path, bytes)` members, written with the `tar` crate's raw headers (so that any
+/// path, `..` and absolute ones included, goes in as given).
+fn raw_tar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, data) in members {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[test]
+fn hostile_member_paths_and_huge_captions_are_counted_skips() {
+    let (samples, _) = read_shard("clean.tar");
+    let jpg = samples[0].get("jpg").expect("jpg").to_vec();
+    let huge = vec![b'a'; clipfleet_dataloader::skip::MAX_CAPTION_BYTES + 1];
+    let bytes = raw_tar(&[
+        ("../../etc/evil.jpg", jpg.clone()),
+        ("../../etc/evil.txt", b"a caption".to_vec()),
+        ("/abs/x.jpg", jpg.clone()),
+        ("/abs/x.txt", b"a caption".to_vec()),
+        ("ok/a.jpg", jpg.clone()),
+        ("ok/a.txt", b"a fine caption".to_vec()),
+        ("big.jpg", jpg.clone()),
+        ("big.txt", huge.clone()),
+        ("bigjson.jpg", jpg),
+        ("bigjson.json", [&b"{\"caption\": \""[..], &huge, b"\"}"].concat()),
+    ]);
+    let (samples, error) = collect(TarSamples::new(io::Cursor::new(bytes), "hostile.tar"));
+    assert!(error.is_none(), "{error:?}");
+    let pairs: Vec<_> =
+        samples.iter().map(|s| (s.key.clone(), to_pair(s.clone(), "hostile.tar", &CaptionSource::Txt))).collect();
+    assert_eq!(pairs.len(), 5);
+    assert_eq!(pairs[0].1, Err(SkipReason::UnsafePath), "{}", pairs[0].0);
+    assert_eq!(pairs[1].1, Err(SkipReason::UnsafePath), "{}", pairs[1].0);
+    assert_eq!(pairs[2].1.as_ref().map(|p| p.caption.as_str()), Ok("a fine caption"));
+    assert_eq!(pairs[3].1, Err(SkipReason::OversizedCaption));
+    let json = CaptionSource::Json { field: "caption".into() };
+    assert_eq!(to_pair(samples[4].clone(), "hostile.tar", &json), Err(SkipReason::OversizedCaption));
+}

@@ -66,6 +66,30 @@ fn unreadable_image_is_named_and_nothing_written() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("broken.jpg"), "{}", stderr(&out));
     assert!(!output.exists());
+
+    // A PNG whose header claims 100000 x 100000 pixels is refused before any decoding.
+    let bomb = tmp.path().join("bomb.png");
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(
+        &[&100_000u32.to_be_bytes()[..], &100_000u32.to_be_bytes(), &[8, 2, 0, 0, 0, 0, 0, 0, 0]].concat(),
+    );
+    std::fs::write(&bomb, png).expect("write");
+    let out = run(&[
+        "embed",
+        "--model",
+        "tiny",
+        "--weights",
+        weights.to_str().expect("utf-8"),
+        "--images",
+        bomb.to_str().expect("utf-8"),
+        "--output",
+        output.to_str().expect("utf-8"),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bomb.png") && stderr(&out).contains("decompression-bomb"), "{}", stderr(&out));
+    assert!(!output.exists());
 }
 
 /// Matches open_clip 3.3.0's eval preprocessing (`image_transform(is_train=False)`: PIL bicubic

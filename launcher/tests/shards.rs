@@ -218,6 +218,16 @@ fn a_missing_image_is_an_error_naming_it_and_leaves_no_shard() {
         run(&["shards", "make", "--images-dir", d, "--captions", c, "--output", out_dir.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("captions.csv:2: empty caption"), "{}", stderr(&out));
+
+    // A PNG cut after its header: the header is fine, the image is not; it is decoded, so refused.
+    let png = std::fs::read(tmp.path().join("img/0.png")).expect("png");
+    std::fs::write(tmp.path().join("img/1.png"), &png[..png.len() / 2]).expect("truncate");
+    std::fs::write(&csv, "filepath,caption\nimg/0.png,a picture\nimg/1.png,half a picture\n").expect("write");
+    let out =
+        run(&["shards", "make", "--images-dir", d, "--captions", c, "--output", out_dir.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("img/1.png is unreadable (corrupt_image)"), "{}", stderr(&out));
+    assert_eq!(files(&out_dir), Vec::<String>::new());
 }
 
 #[test]

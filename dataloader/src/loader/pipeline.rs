@@ -252,6 +252,9 @@ fn prepare(
             if caption.trim().is_empty() {
                 return Outcome::Skipped { reason: SkipReason::MissingCaption, shard, key };
             }
+            if caption.len() > crate::skip::MAX_CAPTION_BYTES {
+                return Outcome::Skipped { reason: SkipReason::OversizedCaption, shard, key };
+            }
             let Ok(image) = std::fs::read(&path) else {
                 tracing::warn!(image = %path.display(), %shard, %key, "cannot read the image file of a CSV row");
                 return Outcome::Skipped { reason: SkipReason::MissingImage, shard, key };

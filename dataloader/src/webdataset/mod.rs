@@ -36,7 +36,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::sample::EncodedPair;
-use crate::skip::SkipReason;
+use crate::skip::{SkipReason, MAX_CAPTION_BYTES};
 use tar_stream::{TarError, TarStream};
 
 /// Members larger than this (64 MiB) are skipped unread by default: no real image or
@@ -62,6 +62,8 @@ pub struct WdsSample {
     pub members: Vec<(String, Vec<u8>)>,
     /// Extensions of members skipped unread because they exceeded the size cap.
     pub oversized: Vec<String>,
+    /// Some member's path is absolute or has a `..` component.
+    pub unsafe_path: bool,
 }
 
 impl WdsSample {
@@ -136,6 +138,13 @@ pub fn split_key(path: &str) -> Option<(&str, String)> {
     Some((caps.get(1)?.as_str(), caps.get(2)?.as_str().to_lowercase()))
 }
 
+/// Whether a member path is absolute or climbs out of the archive (a `..` component): such a
+/// member makes its sample a skip ([`SkipReason::UnsafePath`]). Nothing is ever written to
+/// disk from a shard, but a path like this only comes from a crafted or broken archive.
+pub fn is_unsafe_path(path: &str) -> bool {
+    path.starts_with('/') || path.starts_with('\\') || path.split(['/', '\\']).any(|c| c == "..")
+}
+
 /// Whether `tar_file_iterator` skips a regular member by name (`__*__` entries).
 pub fn is_meta_entry(path: &str) -> bool {
     (!path.contains('/') && path.starts_with("__") && path.ends_with("__")) || SKIP_META.is_match(path)
@@ -178,6 +187,7 @@ impl<R: Read> Iterator for TarSamples<R> {
                 _ => self.current.replace(WdsSample { key: key.to_string(), ..WdsSample::default() }),
             };
             if let Some(cur) = self.current.as_mut() {
+                cur.unsafe_path |= is_unsafe_path(&member.name);
                 // `__key__` and `__url__` are taken in Python's sample dict: duplicates too.
                 if !cur.has(&ext) && ext != "__key__" && ext != "__url__" {
                     match member.data {
@@ -258,19 +268,30 @@ impl From<CaptionSource> for String {
 /// Errors: no image member → [`SkipReason::MissingImage`]; no caption (no `txt`, or no
 /// `json`, unparsable JSON, or a field that is absent or not a string) →
 /// [`SkipReason::MissingCaption`]; caption bytes (or JSON bytes) that are not UTF-8 →
-/// [`SkipReason::CaptionNotUtf8`]; an image or caption member skipped for its size →
-/// [`SkipReason::OversizedImage`]. `cls` is parsed as a decimal integer after trimming
+/// [`SkipReason::CaptionNotUtf8`]; an image member skipped for its size →
+/// [`SkipReason::OversizedImage`]; a caption member over [`MAX_CAPTION_BYTES`] →
+/// [`SkipReason::OversizedCaption`]; a member path that is absolute or has `..` →
+/// [`SkipReason::UnsafePath`]. `cls` is parsed as a decimal integer after trimming
 /// whitespace; a `cls` that is not one is treated as absent.
 pub fn to_pair(sample: WdsSample, shard_url: &str, caption: &CaptionSource) -> Result<EncodedPair, SkipReason> {
     let caption_ext = match caption {
         CaptionSource::Txt => "txt",
         CaptionSource::Json { .. } => "json",
     };
+    if sample.unsafe_path {
+        return Err(SkipReason::UnsafePath);
+    }
     let image_ext = IMAGE_EXTENSIONS.iter().find(|e| sample.has(e)).ok_or(SkipReason::MissingImage)?;
-    if sample.oversized.iter().any(|e| e == image_ext || e == caption_ext) {
+    if sample.oversized.iter().any(|e| e == image_ext) {
         return Err(SkipReason::OversizedImage);
     }
+    if sample.oversized.iter().any(|e| e == caption_ext) {
+        return Err(SkipReason::OversizedCaption);
+    }
     let caption_bytes = sample.get(caption_ext).ok_or(SkipReason::MissingCaption)?;
+    if caption_bytes.len() > MAX_CAPTION_BYTES {
+        return Err(SkipReason::OversizedCaption);
+    }
     let text = std::str::from_utf8(caption_bytes).map_err(|_| SkipReason::CaptionNotUtf8)?;
     let caption = match caption {
         CaptionSource::Txt => text.to_string(),

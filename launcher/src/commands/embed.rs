@@ -2,6 +2,8 @@
 
 use anyhow::{bail, Context};
 use clipfleet_dataloader::batch::ImageBatch;
+use clipfleet_dataloader::decode::{decode_rgb, DEFAULT_MAX_PIXELS};
+use clipfleet_dataloader::skip::SkipReason;
 use clipfleet_dataloader::transform::resize_short_side_center_crop;
 use clipfleet_trainer::data::tokenizer_for;
 use clipfleet_trainer::device::resolve_device;
@@ -11,14 +13,19 @@ use tch::Tensor;
 
 use crate::cli::EmbedArgs;
 
+/// Reads and decodes an image at full size, as PIL does (libjpeg-turbo for JPEG), refusing one
+/// whose header announces more than the decompression-bomb limit, then OpenCLIP's eval crop.
 fn load_image(path: &std::path::Path, size: u32) -> anyhow::Result<image::RgbImage> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {} (JPEG and PNG are supported)", path.display()))?;
-    Ok(resize_short_side_center_crop(&img.to_rgb8(), size))
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let img = decode_rgb(&bytes, &ext, None, DEFAULT_MAX_PIXELS).map_err(|reason| match reason {
+        SkipReason::OversizedImage => anyhow::anyhow!(
+            "image {} has more than {DEFAULT_MAX_PIXELS} pixels (the decompression-bomb limit): refused",
+            path.display()
+        ),
+        _ => anyhow::anyhow!("cannot decode image {} (JPEG, PNG and WebP are supported)", path.display()),
+    })?;
+    Ok(resize_short_side_center_crop(&img, size))
 }
 
 pub(crate) fn run(args: EmbedArgs) -> anyhow::Result<()> {

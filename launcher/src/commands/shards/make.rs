@@ -5,7 +5,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use clipfleet_dataloader::decode::image_dimensions;
+use clipfleet_dataloader::decode::{decode_rgb, DEFAULT_MAX_PIXELS};
 use clipfleet_dataloader::shard_writer::{ShardFormat, ShardRecord, ShardWriter, ShardWriterOptions};
 use clipfleet_dataloader::synthetic::{Split, SyntheticDataset};
 use clipfleet_dataloader::webdataset::IMAGE_EXTENSIONS;
@@ -96,8 +96,10 @@ fn write_images_dir(writer: &mut ShardWriter, dir: &Path, captions: &Path) -> an
             bail!("{}: {} is not a jpg, jpeg, png or webp file", at(), path.display());
         }
         let image = std::fs::read(&path).with_context(|| format!("{}: reading image {}", at(), path.display()))?;
-        let (width, height) = image_dimensions(&image, &ext)
+        // Decoded whole, not only its header: a truncated or corrupt file never reaches a shard.
+        let decoded = decode_rgb(&image, &ext, None, DEFAULT_MAX_PIXELS)
             .map_err(|reason| anyhow::anyhow!("{}: image {} is unreadable ({reason})", at(), path.display()))?;
+        let (width, height) = decoded.dimensions();
         writer
             .write(ShardRecord { image, image_ext: ext, caption: row.caption, width, height, label: None })
             .with_context(at)?;
