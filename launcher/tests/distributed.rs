@@ -353,3 +353,57 @@ fn a_stop_request_on_one_rank_ends_every_rank_at_the_same_step_with_a_checkpoint
     assert_eq!(checkpoint_state(&two, 3)["step"], 3);
     assert!(!two.join("eval.json").exists(), "a stopped run does not evaluate");
 }
+
+/// Every (name, tensor) of checkpoint `step` of `run`, bitwise compared with another run's.
+fn assert_bitwise_weights(a: &Path, b: &Path, step: i64, what: &str) {
+    for ((na, ta), (_, tb)) in weights(a, step).iter().zip(&weights(b, step)) {
+        assert!(ta.equal(tb), "{what}: {na} differs");
+    }
+}
+
+#[test]
+fn a_nan_on_one_rank_skips_the_step_on_every_rank_and_the_weights_stay_equal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let skip = tmp.path().join("skip");
+    // Rank 1's loss reads NaN at step 3: both ranks skip its update, and the parameter check
+    // after every step (a collective over both ranks' checksums) proves the weights equal.
+    let mut worker = with_batch(tiny_args(&skip, 6, 0), 8);
+    worker.extend(["--check-params-every", "1", "--max-nonfinite-skips", "1"].map(String::from));
+    let out = crate::common::run_env(&refs(&launch_args(2, &[], &worker)), &[("CLIPFLEET_FAULT", "nan-on-rank-1:2")]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let skipped = log.lines().filter(|l| l.contains("every rank skipped this step's update")).count();
+    assert_eq!(skipped, 2, "both ranks log the skip of step 3:\n{log}");
+    assert!(log.contains(r#""step":3"#), "{log}");
+
+    // With no skip allowed, the run stops at that step, naming it.
+    let stop = tmp.path().join("stop");
+    let mut worker = with_batch(tiny_args(&stop, 6, 0), 8);
+    worker.extend(["--max-nonfinite-skips", "0"].map(String::from));
+    let out = crate::common::run_env(
+        &refs(&launch_args(2, &["--max-restarts", "0"], &worker)),
+        &[("CLIPFLEET_FAULT", "nan-on-rank-1:2")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not finite at step 3") && stderr(&out).contains("max_nonfinite_skips = 0"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn rollback_after_a_nan_replays_from_the_checkpoint_bitwise() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let straight = tmp.path().join("straight");
+    ok(run(&refs(&launch_args(2, &[], &with_batch(tiny_args(&straight, 8, 4), 8)))));
+    let rolled = tmp.path().join("rolled");
+    let mut worker = with_batch(tiny_args(&rolled, 8, 4), 8);
+    worker.extend(["--max-nonfinite-skips", "0", "--on-nonfinite", "rollback"].map(String::from));
+    let out = crate::common::run_env(&refs(&launch_args(2, &[], &worker)), &[("CLIPFLEET_FAULT", "nan-on-rank-0:5")]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("rolled back to the last checkpoint"), "{log}");
+    // Back to step 4, then steps 5 to 8 again on the same data: the straight run's weights.
+    assert_bitwise_weights(&straight, &rolled, 8, "after a rollback");
+}

@@ -170,6 +170,13 @@ def panels() -> list[dict]:
               [(m("clipfleet_learning_rate"), "rank {{rank}}")]),
         panel("Gradient norm", "Global gradient norm before clipping, at the last logged step.", "none",
               [(m("clipfleet_grad_norm"), "rank {{rank}}")]),
+        panel("Non-finite steps", "Steps whose update every rank skipped because some rank's loss or "
+              "gradient norm was NaN or infinite, and rollbacks to the last checkpoint after too many in a "
+              "row (on_nonfinite = rollback), per window. Every rank counts each, so the max over the ranks "
+              "is the job's count. The ClipfleetNonFiniteSteps alert fires on any skip in 15m "
+              "(docs/operations.md#non-finite-losses).", "none",
+              [(f"max by (job) (increase({m('clipfleet_nonfinite_steps_skipped_total')}[{RI}]))", "{{job}} skipped steps"),
+               (f"max by (job) (increase({m('clipfleet_nonfinite_rollbacks_total')}[{RI}]))", "{{job}} rollbacks")]),
         row("Data"),
         panel("Skipped samples by reason", "Samples (or shards) the data pipeline skipped per second, by "
               "reason (docs/data.md#bad-input), summed over the selected ranks.", "suffix: samples/s",

@@ -144,13 +144,16 @@ pub enum TrainError {
     /// The distributed setup or a collective failed.
     #[error(transparent)]
     Dist(#[from] crate::dist::DistError),
-    /// Training diverged: the loss of some rank is NaN or infinite (every rank stops).
-    #[error("the loss is not finite at step {step} on at least one rank (this rank's loss: {loss}); lower lr, set grad_clip_norm, or resume from an earlier checkpoint")]
+    /// Training diverged: some rank's loss or the gradient stayed NaN or infinite (every
+    /// rank stops).
+    #[error("the loss or gradient is not finite at step {step} on at least one rank (this rank's loss: {loss}): {why}; lower lr, set grad_clip_norm, or resume from an earlier checkpoint")]
     NonFiniteLoss {
         /// The optimizer step.
         step: i64,
         /// The value read back.
         loss: f64,
+        /// Why the run stops rather than skip the step.
+        why: String,
     },
 }
 

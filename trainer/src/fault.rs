@@ -11,6 +11,9 @@
 //! - `stop-on-rank-R:N`: worker rank R requests a stop before step N, as a preemption
 //!   signal would; every rank ends the run at the boundary after that step, with a checkpoint.
 //!
+//! - `nan-on-rank-R:N`: worker rank R's loss reads NaN in the step after N steps are done,
+//!   once per process, as a numerical blow-up on one rank would.
+//!
 //! Unset (the normal case) costs one environment lookup per checkpoint and one per run.
 
 /// Where a fault can be injected.
@@ -61,4 +64,11 @@ pub fn rank_failure() -> Option<(usize, i64)> {
 pub fn stop_request() -> Option<(usize, i64)> {
     let (kind, step) = configured()?;
     Some((kind.strip_prefix("stop-on-rank-")?.parse().ok()?, step))
+}
+
+/// The `nan-on-rank-R:N` fault, read once per run: `Some((R, N))` when configured. Rank R's
+/// loss reads NaN at the step boundary of the step that starts with N steps done (once).
+pub fn nan_loss() -> Option<(usize, i64)> {
+    let (kind, step) = configured()?;
+    Some((kind.strip_prefix("nan-on-rank-")?.parse().ok()?, step))
 }

@@ -111,6 +111,8 @@ pub struct Metrics {
     skips_synced: Mutex<[u64; SkipReason::ALL.len() + 1]>,
     shard_bytes_read: IntCounter,
     restarts: IntCounter,
+    nonfinite_skips: IntCounter,
+    nonfinite_rollbacks: IntCounter,
     /// `[SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP, none]`, in [`STOP_SIGNAL_LABELS`] order.
     stop_requests: Vec<IntCounter>,
     slurm_restart_count: IntGauge,
@@ -200,6 +202,14 @@ impl Metrics {
             shard_bytes_read: r
                 .int_counter("clipfleet_shard_bytes_read_total", "Bytes of shards read from storage.")?,
             restarts: r.int_counter("clipfleet_restarts_total", "Times this process resumed a run.")?,
+            nonfinite_skips: r.int_counter(
+                "clipfleet_nonfinite_steps_skipped_total",
+                "Optimizer steps whose update every rank skipped because some rank's loss or gradient was NaN or infinite.",
+            )?,
+            nonfinite_rollbacks: r.int_counter(
+                "clipfleet_nonfinite_rollbacks_total",
+                "Times the run went back to its last checkpoint after max_nonfinite_skips skipped steps in a row.",
+            )?,
             stop_requests,
             slurm_restart_count: r.int_gauge(
                 "clipfleet_slurm_restart_count",
@@ -313,6 +323,16 @@ impl Metrics {
     /// `bytes_read()`).
     pub fn add_bytes_read(&self, bytes: u64) {
         self.shard_bytes_read.inc_by(bytes);
+    }
+
+    /// Adds one to `clipfleet_nonfinite_steps_skipped_total`.
+    pub fn record_nonfinite_skip(&self) {
+        self.nonfinite_skips.inc();
+    }
+
+    /// Adds one to `clipfleet_nonfinite_rollbacks_total`.
+    pub fn record_nonfinite_rollback(&self) {
+        self.nonfinite_rollbacks.inc();
     }
 
     /// Adds one to `clipfleet_restarts_total`; call it when the process resumes a run from a
@@ -476,6 +496,10 @@ mod tests {
             "clipfleet_shard_bytes_read_total",
             "clipfleet_checkpoint_seconds_bucket",
             "clipfleet_restarts_total",
+            "clipfleet_nonfinite_steps_skipped_total",
+            "clipfleet_nonfinite_rollbacks_total",
+            "clipfleet_data_samples_not_downloaded_total",
+            "clipfleet_eval_zero_shot_mean_per_class_recall",
             "clipfleet_stop_requests_total",
             "clipfleet_slurm_restart_count",
             "clipfleet_gpu_memory_allocated_bytes",

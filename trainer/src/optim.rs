@@ -118,7 +118,14 @@ impl AdamW {
     /// (no host synchronisation).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Tensor {
         let total = self.grad_norm();
-        let coef = (Tensor::from(max_norm as f32).to_device(total.device()) / (&total + 1e-6)).clamp_max(1.0);
+        self.clip_grad_norm_to(&total, max_norm);
+        total
+    }
+
+    /// Scales the gradients, whose global L2 norm is `total` ([`AdamW::grad_norm`]), so that
+    /// it is at most `max_norm`.
+    pub fn clip_grad_norm_to(&mut self, total: &Tensor, max_norm: f64) {
+        let coef = (Tensor::from(max_norm as f32).to_device(total.device()) / (total + 1e-6)).clamp_max(1.0);
         tch::no_grad(|| {
             for s in &self.states {
                 let mut g = s.param.grad();
@@ -127,7 +134,6 @@ impl AdamW {
                 }
             }
         });
-        total
     }
 
     /// One AdamW update at learning rate `lr`.

@@ -106,9 +106,8 @@ pub fn train_step(bench: &TrainBench) -> Result<TrainBenchReport> {
     let boundary = crate::run::StepBoundary::default();
     let mut step = |i: i64| -> Result<()> {
         let b = &pool[i as usize % pool.len()];
-        let outcome =
-            learner.step(i, DeviceBatch { images: b.images.shallow_clone(), tokens: b.tokens.shallow_clone() })?;
-        boundary.agree(&group, outcome.step, &outcome.loss)?;
+        let batch = DeviceBatch { images: b.images.shallow_clone(), tokens: b.tokens.shallow_clone() };
+        learner.step_agreed(i, batch, |loss, grad_norm| boundary.agree(&group, i + 1, loss, grad_norm))?;
         Ok(())
     };
     let sync = || {

@@ -80,6 +80,13 @@ declare_train_config! {
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] fused_adamw: plain bool = true;
     /// finite, > 0; to leave it unset, omit the key (TOML has no null)
     [value_name = "NORM"] grad_clip_norm: optional f64 = None;
+    /// ≥ 0; a step whose loss (on any rank) or gradient is NaN or infinite is skipped on every rank
+    /// (no update); after more than this many in a row, `on_nonfinite` decides
+    /// ([non-finite guard](operations.md#non-finite-losses))
+    [value_name = "K"] max_nonfinite_skips: plain i64 = 3;
+    /// `stop` (end the run with an error naming the step) or `rollback` (go back to the last
+    /// checkpoint and go on, at most 3 times per process)
+    [value_name = "ACTION"] on_nonfinite: plain String = "stop".into();
     /// 0 … 2⁶³−1 in TOML; seeds the initialisation, the data order and the augmentation
     [value_name = "N"] seed: plain u64 = 0;
     /// the run folder ([contents](operations.md#the-run-folder))
@@ -374,6 +381,12 @@ impl TrainConfig {
                 &self.metrics_host,
                 "an IP address, such as 0.0.0.0 or 127.0.0.1",
             ));
+        }
+        if self.max_nonfinite_skips < 0 {
+            return Err(ConfigError::invalid("max_nonfinite_skips", self.max_nonfinite_skips, "an integer >= 0"));
+        }
+        if !["stop", "rollback"].contains(&self.on_nonfinite.as_str()) {
+            return Err(ConfigError::invalid("on_nonfinite", &self.on_nonfinite, "stop or rollback"));
         }
         if !["auto", "webdataset", "csv"].contains(&self.dataset_type.as_str()) {
             return Err(ConfigError::invalid("dataset_type", &self.dataset_type, "auto, webdataset or csv"));

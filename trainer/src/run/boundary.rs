@@ -89,12 +89,12 @@ impl Heartbeat {
 }
 
 /// What every rank agreed on at a step boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Decision {
     /// Some rank was asked to stop: every rank checkpoints and ends the run.
     pub stop: bool,
-    /// Some rank's loss is NaN or infinite: every rank ends the run with an error.
-    pub non_finite_loss: bool,
+    /// Some rank's loss, or the gradient, is NaN or infinite: every rank skips the update.
+    pub non_finite: bool,
 }
 
 /// The step boundary of a run: its stop request and its heartbeat.
@@ -108,18 +108,20 @@ pub struct StepBoundary {
 
 impl StepBoundary {
     /// Agrees with every rank on what follows optimizer step `step`, whose loss on this rank
-    /// is `loss` ([], on the device). Reads one small tensor back to the host.
-    pub fn agree(&self, group: &dyn ProcessGroup, step: i64, loss: &Tensor) -> Result<Decision> {
+    /// is `loss` and whose global gradient norm is `grad_norm` ([], on the device), before its
+    /// update. Reads one small tensor back to the host.
+    pub fn agree(&self, group: &dyn ProcessGroup, step: i64, loss: &Tensor, grad_norm: &Tensor) -> Result<Decision> {
         let device = loss.device();
         let stop = Tensor::from(if self.stop.is_requested() { 1.0f32 } else { 0.0 }).to_device(device);
-        let non_finite = loss.detach().isfinite().logical_not().to_kind(Kind::Float);
+        let finite = loss.detach().isfinite().logical_and(&grad_norm.detach().to_device(device).isfinite());
+        let non_finite = finite.logical_not().to_kind(Kind::Float);
         let mut votes = Tensor::stack(&[stop, non_finite.reshape([])], 0);
         if group.world_size() > 1 {
             group.all_reduce(&mut votes, ReduceOp::Sum)?;
         }
         let votes = Vec::<f32>::try_from(votes.to_device(tch::Device::Cpu))?;
         self.heartbeat.beat(step);
-        Ok(Decision { stop: votes[0] > 0.0, non_finite_loss: votes[1] > 0.0 })
+        Ok(Decision { stop: votes[0] > 0.0, non_finite: votes[1] > 0.0 })
     }
 }
 
@@ -129,24 +131,26 @@ mod tests {
     use crate::dist::{SingleGroup, WorldInfo};
 
     #[test]
-    fn the_boundary_decides_on_stop_requests_and_non_finite_losses_and_beats() {
+    fn the_boundary_decides_on_stop_requests_and_non_finite_values_and_beats() {
         let group = SingleGroup::new(&WorldInfo::single()).unwrap();
         let boundary = StepBoundary::default();
         assert_eq!(boundary.heartbeat.last_step(), -1);
         let finite = Tensor::from(2.5f32);
-        let decide = |loss: &Tensor, step| boundary.agree(&group, step, loss).unwrap();
-        assert_eq!(decide(&finite, 1), Decision { stop: false, non_finite_loss: false });
+        let norm = Tensor::from(1.0f32);
+        let decide = |loss: &Tensor, step| boundary.agree(&group, step, loss, &norm).unwrap();
+        assert_eq!(decide(&finite, 1), Decision { stop: false, non_finite: false });
         assert_eq!(boundary.heartbeat.last_step(), 1);
-        assert_eq!(decide(&Tensor::from(f32::NAN), 2), Decision { stop: false, non_finite_loss: true });
-        assert!(decide(&Tensor::from(f32::INFINITY), 3).non_finite_loss);
+        assert_eq!(decide(&Tensor::from(f32::NAN), 2), Decision { stop: false, non_finite: true });
+        assert!(decide(&Tensor::from(f32::INFINITY), 3).non_finite);
+        assert!(boundary.agree(&group, 3, &finite, &Tensor::from(f32::NAN)).unwrap().non_finite, "a NaN gradient");
         // A handle given away (as to a signal handler) asks the run to stop.
         assert_eq!(boundary.stop.cause(), None);
         boundary.stop.clone().request_by(libc::SIGUSR1);
         boundary.stop.request_by(libc::SIGTERM);
         assert_eq!(boundary.stop.cause(), Some(StopCause::Signal(libc::SIGUSR1)), "the first cause is kept");
         assert_eq!(boundary.stop.cause().map(StopCause::label), Some("SIGUSR1"));
-        assert_eq!(decide(&finite, 4), Decision { stop: true, non_finite_loss: false });
-        assert_eq!(decide(&Tensor::from(f32::NAN), 5), Decision { stop: true, non_finite_loss: true });
+        assert_eq!(decide(&finite, 4), Decision { stop: true, non_finite: false });
+        assert_eq!(decide(&Tensor::from(f32::NAN), 5), Decision { stop: true, non_finite: true });
         assert_eq!(boundary.heartbeat.last_step(), 5);
     }
 }

@@ -13,23 +13,25 @@ use crate::optim::{AdamW, LrScheduler};
 use crate::precision::Precision;
 use crate::step::{CollectiveTimes, ContrastiveStep, DeviceBatch, RngReplay};
 
+use super::Decision;
+
 /// What one optimizer step did. Its tensors are on the device: reading them syncs the host.
 #[derive(Debug)]
 pub struct StepOutcome {
-    /// The optimizer step just completed (1 after the first).
+    /// The optimizer step just completed (1 after the first), skipped or not.
     pub step: i64,
     /// This rank's loss_r, [].
     pub loss: Tensor,
-    /// The global gradient norm before clipping, [], when the step clipped; otherwise read
-    /// it with [`Learner::grad_norm`] before the next step (the gradients stay until then),
-    /// so that a step without clipping spends nothing on it.
-    pub clipped_grad_norm: Option<Tensor>,
+    /// The global gradient norm before clipping, [].
+    pub grad_norm: Tensor,
     /// The learning rate the step used.
     pub lr: f64,
     /// Time in the step's collectives.
     pub times: CollectiveTimes,
-    /// Time in the optimizer update, in seconds.
+    /// Time in the optimizer update, in seconds (0 when skipped).
     pub optimizer_seconds: f64,
+    /// The update was skipped: some rank's loss or gradient was not finite.
+    pub skipped: bool,
 }
 
 /// The model, its optimizer and schedule, and the distributed step (DESIGN §3).
@@ -125,33 +127,58 @@ impl<'g> Learner<'g> {
         &self.optimizer
     }
 
-    /// The global gradient norm of the last step, before clipping, [].
-    pub fn grad_norm(&self, outcome: &StepOutcome) -> Tensor {
-        match &outcome.clipped_grad_norm {
-            Some(norm) => norm.shallow_clone(),
-            None => self.optimizer.grad_norm(),
-        }
-    }
-
     /// The precision of the forward passes.
     pub fn precision(&self) -> Precision {
         self.step.precision
     }
 
-    /// Runs optimizer step `step + 1` on `batch`, this rank's rows of the global batch:
-    /// the gathered loss and its gradients, all-reduced over the ranks, clipped, then AdamW
-    /// at the schedule's learning rate and the logit-scale clamp.
+    /// Runs optimizer step `step + 1` on `batch`, this rank's rows of the global batch, with
+    /// no agreement between ranks: the update is always applied (single-process tools).
     pub fn step(&mut self, step: i64, batch: DeviceBatch) -> Result<StepOutcome> {
+        let (outcome, _) = self.step_agreed(step, batch, |_, _| Ok(Decision::default()))?;
+        Ok(outcome)
+    }
+
+    /// Runs optimizer step `step + 1` on `batch`: the gathered loss and its gradients,
+    /// all-reduced over the ranks; then `agree` (the step boundary's one collective) decides
+    /// from this rank's loss and the global gradient norm; unless it says that some rank's
+    /// loss or gradient is not finite, the gradients are clipped and AdamW updates the weights
+    /// at the schedule's learning rate, with the logit-scale clamp. A skipped step changes no
+    /// weight and no optimizer state on any rank.
+    pub fn step_agreed(
+        &mut self,
+        step: i64,
+        batch: DeviceBatch,
+        agree: impl FnOnce(&Tensor, &Tensor) -> Result<Decision>,
+    ) -> Result<(StepOutcome, Decision)> {
         let lr = self.schedule.lr(self.cfg.lr, self.cfg.warmup, self.cfg.steps, step);
         self.optimizer.zero_grad();
         let replay = RngReplay { seed: self.cfg.seed, step };
         let out = self.step.backward(&self.model, &batch, self.cfg.accum_freq, replay)?;
         drop(batch);
-        let clipped_grad_norm = self.cfg.grad_clip_norm.map(|max| self.optimizer.clip_grad_norm(max));
-        let t = Instant::now();
-        self.optimizer.step(lr);
-        let optimizer_seconds = t.elapsed().as_secs_f64();
-        self.model.clamp_logit_scale();
-        Ok(StepOutcome { step: step + 1, loss: out.loss, clipped_grad_norm, lr, times: out.times, optimizer_seconds })
+        let grad_norm = self.optimizer.grad_norm();
+        let decision = agree(&out.loss, &grad_norm)?;
+        let mut optimizer_seconds = 0.0;
+        if decision.non_finite {
+            self.optimizer.zero_grad();
+        } else {
+            if let Some(max) = self.cfg.grad_clip_norm {
+                self.optimizer.clip_grad_norm_to(&grad_norm, max);
+            }
+            let t = Instant::now();
+            self.optimizer.step(lr);
+            optimizer_seconds = t.elapsed().as_secs_f64();
+            self.model.clamp_logit_scale();
+        }
+        let outcome = StepOutcome {
+            step: step + 1,
+            loss: out.loss,
+            grad_norm,
+            lr,
+            times: out.times,
+            optimizer_seconds,
+            skipped: decision.non_finite,
+        };
+        Ok((outcome, decision))
     }
 }

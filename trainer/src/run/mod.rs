@@ -28,6 +28,7 @@ use clipfleet_dataloader::loader::LoaderState;
 use clipfleet_dataloader::store::ShardStore;
 use clipfleet_dataloader::tokenizer::Tokenizer;
 use indicatif::ProgressBar;
+use tch::Tensor;
 
 use crate::config::TrainConfig;
 use crate::data::{images_to_device, DataPosition, TrainStream};
@@ -130,16 +131,26 @@ pub struct Run<'g> {
     faults: Faults,
     /// This worker's stop request is in `clipfleet_stop_requests_total`.
     stop_counted: bool,
+    /// Steps skipped in a row for a non-finite loss or gradient.
+    nonfinite_streak: i64,
+    /// Rollbacks to the last checkpoint so far.
+    rollbacks: u32,
     /// Rank 0's TensorBoard event file (`report_to = "tensorboard"`).
     tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
-/// The `fail-on-rank-R:N` and `stop-on-rank-R:N` test faults of [`crate::fault`].
+/// The `fail-on-rank-R:N`, `stop-on-rank-R:N` and `nan-on-rank-R:N` test faults of
+/// [`crate::fault`]; the last fires once.
 #[derive(Debug, Clone, Copy)]
 struct Faults {
     fail: Option<(usize, i64)>,
     stop: Option<(usize, i64)>,
+    nan: Option<(usize, i64)>,
 }
+
+/// Rollbacks one process makes before a non-finite streak stops the run: a blow-up that
+/// comes back after each rollback is not transient.
+pub const MAX_ROLLBACKS: u32 = 3;
 
 /// Trains this worker according to `cfg`, on `train_data` shards or the synthetic data.
 /// The worker finds its rank and the world from its environment (DESIGN §1: `clipfleet
@@ -185,10 +196,9 @@ fn run_to_end(
 ) -> Result<TrainSummary> {
     let mut run = Run::start(cfg, opts, world, device, group)?;
     while !run.done() {
-        let outcome = run.step()?;
-        let decision = run.boundary(&outcome)?;
-        if decision.non_finite_loss {
-            return Err(TrainError::NonFiniteLoss { step: outcome.step, loss: outcome.loss.double_value(&[]) });
+        let (outcome, decision) = run.step()?;
+        if decision.non_finite && run.after_nonfinite(&outcome)? {
+            continue;
         }
         if run.report_due() {
             run.report(&outcome)?;
@@ -213,13 +223,23 @@ impl<'g> Run<'g> {
         self.step >= self.cfg.steps
     }
 
-    /// Runs the next optimizer step on the next batch of the stream.
-    pub fn step(&mut self) -> Result<StepOutcome> {
+    /// Runs the next optimizer step on the next batch of the stream, with the step boundary's
+    /// agreement ([`StepBoundary`]) between its gradients and its update.
+    pub fn step(&mut self) -> Result<(StepOutcome, Decision)> {
         if self.faults.fail == Some((self.group.rank(), self.step)) {
             return Err(TrainError::InjectedFault { rank: self.group.rank(), step: self.step });
         }
         if self.faults.stop == Some((self.group.rank(), self.step)) {
             self.boundary.stop.request();
+        }
+        if let (Some(cause), false) = (self.boundary.stop.cause(), self.stop_counted) {
+            self.metrics.record_stop_request(cause.label());
+            self.stop_counted = true;
+        }
+        let inject_nan = self.faults.nan == Some((self.group.rank(), self.step));
+        if inject_nan {
+            self.faults.nan = None;
+            tracing::warn!(step = self.step + 1, "clipfleet-fault: this rank's loss reads NaN");
         }
         let wait = Instant::now();
         let data = self.data.as_mut().ok_or(TrainError::DataEnded)?;
@@ -230,7 +250,11 @@ impl<'g> Run<'g> {
             images: images_to_device(&batch.images, self.device),
             tokens: model.text_input(&batch.tokens),
         };
-        let outcome = self.learner.step(self.step, on_device)?;
+        let (boundary, group, next) = (&self.boundary, self.group, self.step + 1);
+        let (outcome, decision) = self.learner.step_agreed(self.step, on_device, |loss, grad_norm| {
+            let nan = Tensor::from(f32::NAN).to_device(loss.device());
+            boundary.agree(group, next, if inject_nan { &nan } else { loss }, grad_norm)
+        })?;
         self.metrics.observe_all_gather(outcome.times.all_gather);
         self.metrics.observe_all_reduce(outcome.times.all_reduce);
         self.metrics.observe_optimizer(outcome.optimizer_seconds);
@@ -241,19 +265,97 @@ impl<'g> Run<'g> {
         if let Some(pb) = &self.progress {
             pb.set_position(self.step as u64);
         }
+        if decision.non_finite {
+            self.nonfinite_streak += 1;
+        } else {
+            self.nonfinite_streak = 0;
+        }
         if self.cfg.check_params_every > 0 && self.step % self.cfg.check_params_every == 0 {
             crate::step::check_parameters_agree(self.group, self.learner.model(), self.step)?;
         }
-        Ok(outcome)
+        Ok((outcome, decision))
     }
 
-    /// Agrees with every rank on what follows the step just run ([`StepBoundary`]).
-    pub fn boundary(&mut self, outcome: &StepOutcome) -> Result<Decision> {
-        if let (Some(cause), false) = (self.boundary.stop.cause(), self.stop_counted) {
-            self.metrics.record_stop_request(cause.label());
-            self.stop_counted = true;
+    /// After a step whose update every rank skipped (a non-finite loss or gradient on some
+    /// rank): counts and logs it, and past `max_nonfinite_skips` in a row, goes back to the
+    /// last checkpoint (`on_nonfinite = "rollback"`, returning `true`) or ends the run with
+    /// an error naming the step.
+    ///
+    /// # Errors
+    /// [`TrainError::NonFiniteLoss`] when the streak is over the limit and the run stops (or
+    /// has no checkpoint to go back to, or has rolled back [`MAX_ROLLBACKS`] times).
+    pub fn after_nonfinite(&mut self, outcome: &StepOutcome) -> Result<bool> {
+        self.metrics.record_nonfinite_skip();
+        let loss = outcome.loss.double_value(&[]);
+        let grad_norm = outcome.grad_norm.double_value(&[]);
+        tracing::warn!(
+            step = outcome.step,
+            loss,
+            grad_norm,
+            in_a_row = self.nonfinite_streak,
+            limit = self.cfg.max_nonfinite_skips,
+            "a loss or gradient is not finite on some rank: every rank skipped this step's update"
+        );
+        if self.nonfinite_streak <= self.cfg.max_nonfinite_skips {
+            return Ok(false);
         }
-        self.boundary.agree(self.group, outcome.step, &outcome.loss)
+        let stop = |why: String| TrainError::NonFiniteLoss { step: outcome.step, loss, why };
+        if self.cfg.on_nonfinite != "rollback" {
+            return Err(stop(format!(
+                "{} steps in a row (max_nonfinite_skips = {}); on_nonfinite = \"rollback\" would go back to the last checkpoint instead",
+                self.nonfinite_streak, self.cfg.max_nonfinite_skips
+            )));
+        }
+        if self.rollbacks >= MAX_ROLLBACKS {
+            return Err(stop(format!(
+                "{} steps in a row after {MAX_ROLLBACKS} rollbacks: not transient",
+                self.nonfinite_streak
+            )));
+        }
+        let Some(dir) = crate::checkpoint::resolve(&self.cfg.output)? else {
+            return Err(stop(format!(
+                "{} steps in a row, and no checkpoint to roll back to yet",
+                self.nonfinite_streak
+            )));
+        };
+        self.rollback(&dir)?;
+        Ok(true)
+    }
+
+    /// Goes back to the committed checkpoint `dir`: its weights, optimizer state, step and data
+    /// position, on every rank (they all decide to, at the same step).
+    fn rollback(&mut self, dir: &std::path::Path) -> Result<()> {
+        let ck = crate::checkpoint::Checkpoint::open(dir)?;
+        let from = self.step;
+        {
+            let (model, optimizer) = self.learner.parts_mut();
+            ck.load_model(model)?;
+            ck.load_optimizer(optimizer)?;
+        }
+        crate::step::broadcast_parameters(self.group, self.learner.model())?;
+        self.data = None;
+        let at = start::StartPosition { step: ck.state.step, data: ck.state.data, shards: ck.state.shards.clone() };
+        let model_cfg = self.cfg.model_config()?;
+        self.data = Some(start::open_stream(
+            &self.cfg,
+            &self.world,
+            self.group,
+            &model_cfg,
+            self.store.as_ref(),
+            Arc::clone(&self.tokenizer),
+            &at,
+        )?);
+        self.step = at.step;
+        self.position = at.data;
+        self.shards = at.shards;
+        self.nonfinite_streak = 0;
+        self.rollbacks += 1;
+        self.metrics.record_nonfinite_rollback();
+        tracing::warn!(from, to = self.step, checkpoint = %dir.display(), rollback = self.rollbacks, "rolled back to the last checkpoint after non-finite steps");
+        if let Some(pb) = &self.progress {
+            pb.set_position(self.step as u64);
+        }
+        Ok(())
     }
 
     fn report_due(&self) -> bool {

@@ -86,7 +86,7 @@ impl ReportWindow {
         let samples = self.steps * global_batch;
         self.last_rate = samples as f64 / elapsed;
         let logit_scale = learner.model().logit_scale().double_value(&[]).exp();
-        let grad_norm = learner.grad_norm(outcome).to_kind(Kind::Double).double_value(&[]);
+        let grad_norm = outcome.grad_norm.to_kind(Kind::Double).double_value(&[]);
         if group.rank() == 0 {
             tracing::info!(
                 step = outcome.step,

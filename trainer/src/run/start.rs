@@ -149,10 +149,10 @@ fn check_checkpoint_fits(ck: &Checkpoint, cfg: &TrainConfig, model_cfg: &ClipCon
 }
 
 /// Where a resumed run's data stream continues.
-struct StartPosition {
-    step: i64,
-    data: DataPosition,
-    shards: Option<LoaderState>,
+pub(super) struct StartPosition {
+    pub(super) step: i64,
+    pub(super) data: DataPosition,
+    pub(super) shards: Option<LoaderState>,
 }
 
 impl<'g> Run<'g> {
@@ -252,7 +252,13 @@ impl<'g> Run<'g> {
             last_loss: f64::NAN,
             started: Instant::now(),
             ended: None,
-            faults: super::Faults { fail: crate::fault::rank_failure(), stop: crate::fault::stop_request() },
+            faults: super::Faults {
+                fail: crate::fault::rank_failure(),
+                stop: crate::fault::stop_request(),
+                nan: crate::fault::nan_loss(),
+            },
+            nonfinite_streak: 0,
+            rollbacks: 0,
             stop_counted: false,
             tensorboard: open_tensorboard(cfg, group.rank())?,
         })
@@ -292,7 +298,7 @@ fn log_start(cfg: &TrainConfig, learner: &Learner<'_>, global_batch: i64) {
 
 /// The training stream: the shard loader on `train_data`, else the synthetic stream, each
 /// from where the run stands.
-fn open_stream(
+pub(super) fn open_stream(
     cfg: &TrainConfig,
     world: &WorldInfo,
     group: &dyn ProcessGroup,
