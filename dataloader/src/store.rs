@@ -219,6 +219,38 @@ impl ShardStore {
         SizesJson::parse(&bytes, &url)
     }
 
+    /// The retry policy of shard reads.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.options.retry
+    }
+
+    /// Waits `delay` with the store's sleeper (tests observe it instead of waiting).
+    pub async fn sleep(&self, delay: std::time::Duration) {
+        self.sleeper.sleep(delay).await;
+    }
+
+    /// The whole object at `url`, with the retries of shard reads, from async code; `None`
+    /// when it does not exist.
+    ///
+    /// # Errors
+    /// As [`ShardStore::open`] (but not for a missing object), plus any error met while reading.
+    pub async fn read_optional(&self, url: &str) -> Result<Option<bytes::Bytes>, DataError> {
+        let fetcher = match self.fetcher(url) {
+            Ok(f) => f,
+            Err(DataError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = match fetcher.head().await {
+            Ok(meta) => meta,
+            Err(DataError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if meta.size == 0 {
+            return Ok(Some(bytes::Bytes::new()));
+        }
+        fetcher.fetch(0..meta.size, meta.e_tag.clone()).await.map(Some)
+    }
+
     /// The `sizes.json` beside `shard_url`, keeping the store's error: a missing file is
     /// [`DataError::NotFound`], which callers may take as "no sizes here".
     ///

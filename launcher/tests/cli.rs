@@ -30,6 +30,18 @@ fn bad_config_values_name_the_key_and_allowed_values() {
     fails_with(&["train", "--output", o, "--stop-signal", "TERM"], &["--stop-signal", "USR1, USR2 and HUP"]);
     fails_with(&["train", "--output", o, "--report-to", "wandb"], &["report_to", "tensorboard"]);
     fails_with(&["train", "--output", o, "--stop-grace", "soon"], &["--stop-grace", "seconds"]);
+    fails_with(&["train", "--output", "s3://bucket/run"], &["output", "object stores are not supported yet"]);
+    fails_with(&["train", "--output", o, "--on-nonfinite", "ignore"], &["on_nonfinite", "stop or rollback"]);
+    fails_with(&["train", "--output", o, "--max-nonfinite-skips=-1"], &["max_nonfinite_skips", ">= 0"]);
+    fails_with(&["train", "--output", o, "--dataset-type", "parquet"], &["dataset_type", "auto, webdataset or csv"]);
+    fails_with(
+        &["train", "--output", o, "--lock-image-unlocked-groups", "2"],
+        &["lock_image_unlocked_groups", "lock_image"],
+    );
+    fails_with(
+        &["train", "--output", o, "--zero-shot-data", "x", "--zero-shot-templates", "/nonexistent"],
+        &["zero_shot_templates", "openai, simple"],
+    );
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "batch_size = 8\nlearnin_rate = 0.1\n").expect("write");
     fails_with(&["train", "--output", o, "--config", cfg.to_str().expect("utf-8")], &["learnin_rate", "bad.toml"]);

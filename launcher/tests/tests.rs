@@ -13,6 +13,7 @@ mod img2dataset;
 mod launch;
 mod pretrained;
 mod resume;
+mod s3_faults;
 mod shards;
 mod stop;
 mod train_shards;

@@ -35,7 +35,6 @@ use crate::store::ShardStore;
 use crate::tokenizer::Tokenizer;
 use crate::DataError;
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use pipeline::EpochPipeline;
 
 /// Default samples per shuffle window of a partition.
@@ -456,46 +455,44 @@ pub fn stats_json_name(shard_file: &str) -> String {
 }
 
 /// A shard's count from img2dataset's `_stats.json` beside it, else (Parquet) its footer, or
-/// (CSV) its rows.
+/// (CSV) its rows. Reads are retried like shard reads.
 async fn count_from_shard_files(store: &ShardStore, url: String, csv: Option<char>) -> Result<Option<u64>, DataError> {
     if let Some(sep) = csv {
-        let (object_store, path) = store.resolve(&url)?;
-        let response = object_store.get(&path).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => DataError::NotFound { url: url.clone() },
-            e => store_error(&url, &e),
-        })?;
-        let bytes = response.bytes().await.map_err(|e| store_error(&url, &e))?;
+        let bytes = store.read_optional(&url).await?.ok_or_else(|| DataError::NotFound { url: url.clone() })?;
         return Ok(Some(crate::csv_dataset::count_rows(&bytes, sep)));
     }
     let stats_url =
         format!("{}{}", &url[..url.len() - shard_basename(&url).len()], stats_json_name(shard_basename(&url)));
-    let fetched = match store.resolve(&stats_url) {
-        Ok((object_store, path)) => match object_store.get(&path).await {
-            Ok(response) => Some(response.bytes().await.map_err(|e| store_error(&stats_url, &e))?),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(store_error(&stats_url, &e)),
-        },
-        Err(DataError::NotFound { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    if let Some(bytes) = fetched {
+    if let Some(bytes) = store.read_optional(&stats_url).await? {
         let bad = |reason: String| DataError::SizesJson { url: stats_url.clone(), reason };
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
         let successes = value.get("successes").and_then(serde_json::Value::as_u64);
         return successes.map(Some).ok_or_else(|| bad("no `successes` count (img2dataset writes one)".into()));
     }
     if is_parquet(&url) {
-        let (object_store, path) = store.resolve(&url)?;
-        return match crate::parquet_reader::parquet_num_rows(object_store, path, &url).await {
-            Ok(n) => Ok(Some(n)),
-            Err(e) => Err(e),
-        };
+        // The footer reader has no retries of its own: retry it whole on transient errors.
+        let mut failures = 0;
+        loop {
+            let (object_store, path) = store.resolve(&url)?;
+            match crate::parquet_reader::parquet_num_rows(object_store, path, &url).await {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if failures + 1 < store.retry_policy().max_attempts && is_transient(&e) => {
+                    failures += 1;
+                    store.sleep(store.retry_policy().delay(failures, 0)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(None)
 }
 
-fn store_error(url: &str, e: &object_store::Error) -> DataError {
-    DataError::Store { url: url.to_owned(), reason: e.to_string() }
+/// Whether a Parquet read failed on a transient object-store error (a 5xx, a reset).
+fn is_transient(e: &DataError) -> bool {
+    let DataError::Parquet { source: parquet::errors::ParquetError::External(inner), .. } = e else { return false };
+    inner
+        .downcast_ref::<object_store::Error>()
+        .is_some_and(|e| crate::store::classify(e) == crate::store::ErrorClass::Transient)
 }
 
 /// Streams batches for one rank; see the [module docs](self).

@@ -90,7 +90,7 @@ impl Fetcher {
 
     /// Exactly the bytes of `range`, resuming after every transient failure from the first
     /// byte not yet received. `etag` (from the `HEAD`) makes a changed object an error.
-    async fn fetch(&self, range: Range<u64>, etag: Option<String>) -> Result<Bytes, DataError> {
+    pub(super) async fn fetch(&self, range: Range<u64>, etag: Option<String>) -> Result<Bytes, DataError> {
         let want = range.end - range.start;
         let mut buf = BytesMut::with_capacity(usize::try_from(want).unwrap_or(0));
         let mut attempts = Attempts { fetcher: self, failures: 0 };

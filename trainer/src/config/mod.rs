@@ -382,6 +382,13 @@ impl TrainConfig {
                 "an IP address, such as 0.0.0.0 or 127.0.0.1",
             ));
         }
+        if self.output.to_string_lossy().contains("://") {
+            return Err(ConfigError::invalid(
+                "output",
+                self.output.display(),
+                "a file-system path, local or mounted (NFS, Lustre, …): checkpoints on object stores are not supported yet",
+            ));
+        }
         if self.max_nonfinite_skips < 0 {
             return Err(ConfigError::invalid("max_nonfinite_skips", self.max_nonfinite_skips, "an integer >= 0"));
         }
