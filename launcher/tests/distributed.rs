@@ -407,3 +407,59 @@ fn rollback_after_a_nan_replays_from_the_checkpoint_bitwise() {
     // Back to step 4, then steps 5 to 8 again on the same data: the straight run's weights.
     assert_bitwise_weights(&straight, &rolled, 8, "after a rollback");
 }
+
+/// A worker frozen with SIGSTOP: its peer's collective passes its deadline, the peer names the
+/// frozen rank and the collective and exits, the launcher restarts the group from the last
+/// checkpoint, and the run completes.
+#[test]
+fn a_frozen_worker_is_named_and_the_group_restarts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out_dir = tmp.path().join("frozen");
+    let timeout = 6;
+    let mut worker = with_batch(tiny_args(&out_dir, 60, 5), 8);
+    worker.extend(["--collective-timeout".to_string(), timeout.to_string()]);
+    let args = launch_args(2, &["--max-restarts", "1", "--grace-period", "5"], &worker);
+    let child = Command::new(bin())
+        .args(&args)
+        .args(["--log-format", "json"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn launch");
+    let start = Instant::now();
+    let latest = out_dir.join("checkpoints/latest");
+    let victim = loop {
+        assert!(start.elapsed() < Duration::from_secs(240), "no checkpoint appeared");
+        if latest.exists() {
+            if let Some(&pid) = worker_pids(&out_dir).last() {
+                break pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: stops a worker process this test's launcher started (the launcher kills it later).
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGSTOP) }, 0);
+    let out = child.wait_with_output().expect("wait");
+    let log = stderr(&out);
+    assert!(out.status.success(), "the launcher did not finish the run: {:?}\n{log}", out.status);
+    let line = log
+        .lines()
+        .find(|l| l.contains("did not finish within the collective_timeout"))
+        .unwrap_or_else(|| panic!("{log}"));
+    eprintln!("{line}");
+    assert!(line.contains("suspect rank(s) 1") || line.contains("suspect rank(s) 0"), "{line}");
+    assert!(
+        ["all_reduce", "all_gather", "reduce_scatter", "broadcast", "barrier"].iter().any(|c| line.contains(c)),
+        "{line}"
+    );
+    let waited: f64 = line
+        .split("(waited ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(waited < 2.0 * f64::from(timeout), "aborted after {waited} s: {line}");
+    assert!(log.contains("restart"), "{log}");
+    assert_eq!(checkpoint_state(&out_dir, 60)["step"], 60);
+}

@@ -80,6 +80,11 @@ declare_train_config! {
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] fused_adamw: plain bool = true;
     /// finite, > 0; to leave it unset, omit the key (TOML has no null)
     [value_name = "NORM"] grad_clip_norm: optional f64 = None;
+    /// ≥ 0 seconds; with several CPU workers (MPI, TCP), a collective that waits longer than this
+    /// while another worker is frozen or dead, or while every worker waits, ends the job with an
+    /// error naming the suspect rank, and `clipfleet launch` restarts it; 0 disables it
+    /// ([hangs](operations.md#hung-workers))
+    [value_name = "SECONDS"] collective_timeout: plain u64 = 600;
     /// ≥ 0; a step whose loss (on any rank) or gradient is NaN or infinite is skipped on every rank
     /// (no update); after more than this many in a row, `on_nonfinite` decides
     /// ([non-finite guard](operations.md#non-finite-losses))

@@ -26,6 +26,7 @@ pub mod mpi;
 pub mod nccl;
 pub mod rendezvous;
 pub mod tcp;
+pub mod watchdog;
 
 use std::fmt;
 use std::str::FromStr;
