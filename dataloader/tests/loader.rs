@@ -552,3 +552,43 @@ fn csv_datasets_are_read_directly_cut_for_any_world_size() {
         .expect_err("no filepath column");
     assert!(err.to_string().contains("csv_img_key"), "{err}");
 }
+
+#[test]
+fn parquet_shards_survive_transient_store_errors_with_the_same_samples() {
+    use clipfleet_dataloader::shards::UrlScheme;
+    use clipfleet_dataloader::store::{Fault, FaultyStore};
+    let dir = tempfile::tempdir().expect("tmp");
+    let urls = write_shards(dir.path(), 60, 20, ShardFormat::Parquet);
+    let read = |store: Arc<ShardStore>| {
+        let cfg = LoaderConfig::evaluation(&spec(&urls, 1, 1), 16, SIDE, CTX).expect("config");
+        let mut l = Loader::new(cfg, store, tokenizer(), None).expect("loader");
+        let mut out = Vec::new();
+        while let Some(b) = l.next_batch().expect("no fatal error") {
+            out.push((b.keys, b.images.data));
+        }
+        (out, l.skips().total())
+    };
+    let (clean, skips) = read(store());
+    assert_eq!(skips, 0);
+    // A 503 while opening, a reset inside a column chunk, and a 503 on a later shard's data.
+    let options = ShardStoreOptions {
+        retry: clipfleet_dataloader::store::RetryPolicy {
+            base_delay: std::time::Duration::from_millis(1),
+            ..Default::default()
+        },
+        ..ShardStoreOptions::default()
+    };
+    let faulty = Arc::new(ShardStore::new(options).expect("store"));
+    let local: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+    let injected = Arc::new(
+        FaultyStore::new(local)
+            .on_call(1, Fault::Unavailable)
+            .on_call(3, Fault::ResetAfter(200))
+            .on_call(7, Fault::Unavailable),
+    );
+    faulty.register(UrlScheme::Local, "", Arc::clone(&injected) as Arc<dyn object_store::ObjectStore>);
+    let (survived, skips) = read(faulty);
+    assert!(injected.calls() > 7, "the faults were reached: {} calls", injected.calls());
+    assert_eq!(skips, 0, "no shard was given up");
+    assert_eq!(survived, clean, "same samples, same pixels");
+}

@@ -476,7 +476,7 @@ async fn count_from_shard_files(store: &ShardStore, url: String, csv: Option<cha
             let (object_store, path) = store.resolve(&url)?;
             match crate::parquet_reader::parquet_num_rows(object_store, path, &url).await {
                 Ok(n) => return Ok(Some(n)),
-                Err(e) if failures + 1 < store.retry_policy().max_attempts && is_transient(&e) => {
+                Err(e) if failures + 1 < store.retry_policy().max_attempts && source::is_transient(&e) => {
                     failures += 1;
                     store.sleep(store.retry_policy().delay(failures, 0)).await;
                 }
@@ -485,14 +485,6 @@ async fn count_from_shard_files(store: &ShardStore, url: String, csv: Option<cha
         }
     }
     Ok(None)
-}
-
-/// Whether a Parquet read failed on a transient object-store error (a 5xx, a reset).
-fn is_transient(e: &DataError) -> bool {
-    let DataError::Parquet { source: parquet::errors::ParquetError::External(inner), .. } = e else { return false };
-    inner
-        .downcast_ref::<object_store::Error>()
-        .is_some_and(|e| crate::store::classify(e) == crate::store::ErrorClass::Transient)
 }
 
 /// Streams batches for one rank; see the [module docs](self).

@@ -189,14 +189,12 @@ fn parquet_events(
     url: String,
     options: ParquetReadOptions,
 ) -> Box<dyn Iterator<Item = ShardEvent> + Send> {
-    let opened = store.resolve(&url).and_then(|(object_store, path)| {
-        store.runtime().block_on(ParquetShardReader::open(object_store, path, url.clone(), &options))
-    });
-    match opened {
+    match open_parquet(&store, &url, &options, 0) {
         Err(e) => Box::new(std::iter::once(open_failure(&url, e))),
         Ok(reader) => Box::new(ParquetEvents {
             store,
             reader,
+            options,
             file: shard_basename(&url).to_owned(),
             url,
             done: false,
@@ -206,9 +204,47 @@ fn parquet_events(
     }
 }
 
+/// Opens a Parquet shard and reads past its first `rows` rows, retrying transient store errors
+/// (a 5xx, a reset) with the store's back-off, as tar shards are: the async Parquet reader has
+/// no retries of its own.
+fn open_parquet(
+    store: &Arc<ShardStore>,
+    url: &str,
+    options: &ParquetReadOptions,
+    rows: u64,
+) -> Result<ParquetShardReader, DataError> {
+    let mut failures = 0;
+    loop {
+        let attempt = store.resolve(url).and_then(|(object_store, path)| {
+            store.runtime().block_on(async {
+                let mut reader = ParquetShardReader::open(object_store, path, url.to_owned(), options).await?;
+                while reader.rows_read() < rows && reader.next_row().await?.is_some() {}
+                Ok(reader)
+            })
+        });
+        match attempt {
+            Err(e) if failures + 1 < store.retry_policy().max_attempts && is_transient(&e) => {
+                failures += 1;
+                tracing::warn!(shard = url, failures, "retrying a Parquet read: {e}");
+                store.runtime().block_on(store.sleep(store.retry_policy().delay(failures, rows)));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a Parquet read failed on a transient object-store error (a 5xx, a reset).
+pub(crate) fn is_transient(e: &DataError) -> bool {
+    let DataError::Parquet { source: parquet::errors::ParquetError::External(inner), .. } = e else { return false };
+    inner
+        .downcast_ref::<object_store::Error>()
+        .is_some_and(|e| crate::store::classify(e) == crate::store::ErrorClass::Transient)
+}
+
 struct ParquetEvents {
     store: Arc<ShardStore>,
     reader: ParquetShardReader,
+    options: ParquetReadOptions,
     url: String,
     file: String,
     done: bool,
@@ -246,7 +282,19 @@ impl Iterator for ParquetEvents {
 
 impl ParquetEvents {
     fn read_row(&mut self) -> Option<ShardEvent> {
-        let row = self.store.runtime().block_on(self.reader.next_row());
+        let at = self.reader.rows_read();
+        let mut row = self.store.runtime().block_on(self.reader.next_row());
+        if row.as_ref().is_err_and(is_transient) {
+            // Reopen and read past the rows already given (the not-downloaded count is the
+            // same at the same row), then take the row again.
+            match open_parquet(&self.store, &self.url, &self.options, at) {
+                Ok(reader) => {
+                    self.reader = reader;
+                    row = self.store.runtime().block_on(self.reader.next_row());
+                }
+                Err(e) => row = Err(e),
+            }
+        }
         let key = format!("{}#{}", self.file, self.reader.rows_read().saturating_sub(1));
         match row {
             Ok(None) => {
