@@ -211,6 +211,30 @@ fn worker_pids(output: &Path) -> Vec<u32> {
     pids
 }
 
+/// Starts `clipfleet launch ARGS` with its output piped, waits until `output` has a committed
+/// checkpoint, and returns the child with the pid of its last worker.
+fn launch_until_checkpoint(args: &[String], output: &Path) -> (std::process::Child, u32) {
+    let child = Command::new(bin())
+        .args(args)
+        .args(["--log-format", "json"])
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn launch");
+    let start = Instant::now();
+    let latest = output.join("checkpoints/latest");
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(240), "no checkpoint appeared");
+        if latest.exists() {
+            if let Some(&pid) = worker_pids(output).last() {
+                return (child, pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A worker SIGKILLed mid-run: the launcher stops the other, restarts the group from the last
 /// checkpoint, and the run completes with the weights of an uninterrupted run.
 #[test]
@@ -222,25 +246,7 @@ fn launcher_restarts_the_group_after_a_worker_is_killed() {
     ok(run(&refs(&launch_args(2, &[], &worker(&straight)))));
 
     let args = launch_args(2, &["--max-restarts", "2", "--grace-period", "5"], &worker(&killed));
-    let child = Command::new(bin())
-        .args(&args)
-        .args(["--log-format", "json"])
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn launch");
-    let start = Instant::now();
-    let latest = killed.join("checkpoints/latest");
-    let victim = loop {
-        assert!(start.elapsed() < Duration::from_secs(240), "no checkpoint appeared");
-        if latest.exists() {
-            if let Some(&pid) = worker_pids(&killed).last() {
-                break pid;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (child, victim) = launch_until_checkpoint(&args, &killed);
     // SAFETY: sends SIGKILL to a worker process this test's launcher started.
     assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
     let out = child.wait_with_output().expect("wait");
@@ -419,25 +425,7 @@ fn a_frozen_worker_is_named_and_the_group_restarts() {
     let mut worker = with_batch(tiny_args(&out_dir, 60, 5), 8);
     worker.extend(["--collective-timeout".to_string(), timeout.to_string()]);
     let args = launch_args(2, &["--max-restarts", "1", "--grace-period", "5"], &worker);
-    let child = Command::new(bin())
-        .args(&args)
-        .args(["--log-format", "json"])
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn launch");
-    let start = Instant::now();
-    let latest = out_dir.join("checkpoints/latest");
-    let victim = loop {
-        assert!(start.elapsed() < Duration::from_secs(240), "no checkpoint appeared");
-        if latest.exists() {
-            if let Some(&pid) = worker_pids(&out_dir).last() {
-                break pid;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (child, victim) = launch_until_checkpoint(&args, &out_dir);
     // SAFETY: stops a worker process this test's launcher started (the launcher kills it later).
     assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGSTOP) }, 0);
     let out = child.wait_with_output().expect("wait");
