@@ -213,8 +213,10 @@ fn worker_pids(output: &Path) -> Vec<u32> {
 
 /// Starts `clipfleet launch ARGS` with its output piped, waits until `output` has a committed
 /// checkpoint, and returns the child with the pid of its last worker.
+// The child is returned to the caller, which waits for it (the lint does not follow it there).
+#[allow(clippy::zombie_processes)]
 fn launch_until_checkpoint(args: &[String], output: &Path) -> (std::process::Child, u32) {
-    let child = Command::new(bin())
+    let mut child = Command::new(bin())
         .args(args)
         .args(["--log-format", "json"])
         .env("OMP_NUM_THREADS", "1")
@@ -225,7 +227,11 @@ fn launch_until_checkpoint(args: &[String], output: &Path) -> (std::process::Chi
     let start = Instant::now();
     let latest = output.join("checkpoints/latest");
     loop {
-        assert!(start.elapsed() < Duration::from_secs(240), "no checkpoint appeared");
+        if start.elapsed() > Duration::from_secs(240) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no checkpoint appeared");
+        }
         if latest.exists() {
             if let Some(&pid) = worker_pids(output).last() {
                 return (child, pid);
