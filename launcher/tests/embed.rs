@@ -50,19 +50,22 @@ fn unreadable_image_is_named_and_nothing_written() {
     let bad = tmp.path().join("broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 not really a jpeg").expect("write");
     let output = tmp.path().join("emb.safetensors");
-    let out = run(&[
-        "embed",
-        "--model",
-        "tiny",
-        "--weights",
-        weights.to_str().expect("utf-8"),
-        "--images",
-        bad.to_str().expect("utf-8"),
-        "--output",
-        output.to_str().expect("utf-8"),
-        "--device",
-        "cpu",
-    ]);
+    let embed_one = |image: &std::path::Path| {
+        run(&[
+            "embed",
+            "--model",
+            "tiny",
+            "--weights",
+            weights.to_str().expect("utf-8"),
+            "--images",
+            image.to_str().expect("utf-8"),
+            "--output",
+            output.to_str().expect("utf-8"),
+            "--device",
+            "cpu",
+        ])
+    };
+    let out = embed_one(&bad);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("broken.jpg"), "{}", stderr(&out));
     assert!(!output.exists());
@@ -74,19 +77,7 @@ fn unreadable_image_is_named_and_nothing_written() {
         &[&100_000u32.to_be_bytes()[..], &100_000u32.to_be_bytes(), &[8, 2, 0, 0, 0, 0, 0, 0, 0]].concat(),
     );
     std::fs::write(&bomb, png).expect("write");
-    let out = run(&[
-        "embed",
-        "--model",
-        "tiny",
-        "--weights",
-        weights.to_str().expect("utf-8"),
-        "--images",
-        bomb.to_str().expect("utf-8"),
-        "--output",
-        output.to_str().expect("utf-8"),
-        "--device",
-        "cpu",
-    ]);
+    let out = embed_one(&bomb);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bomb.png") && stderr(&out).contains("decompression-bomb"), "{}", stderr(&out));
     assert!(!output.exists());

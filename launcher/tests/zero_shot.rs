@@ -33,6 +33,25 @@ fn folder(dir: &Path) -> PathBuf {
     out
 }
 
+/// OpenCLIP's zero-shot predictions on `folder` (the oracle's JSON), with `extra` flags.
+fn oracle(config: &Path, weights: &Path, folder: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args =
+        vec![config.to_str().expect("utf-8"), weights.to_str().expect("utf-8"), folder.to_str().expect("utf-8")];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&python_run(&fixtures().join("openclip_zero_shot.py"), &args)).expect("oracle json")
+}
+
+/// `clipfleet eval WEIGHTS… --zero-shot DATA [EXTRA] --predictions PREDICTIONS --device cpu
+/// --json`, its report parsed.
+fn eval_zero_shot(weights: &[&str], data: &Path, extra: &[&str], predictions: &Path) -> serde_json::Value {
+    let mut args = vec!["eval"];
+    args.extend_from_slice(weights);
+    args.extend(["--zero-shot", data.to_str().expect("utf-8")]);
+    args.extend_from_slice(extra);
+    args.extend(["--predictions", predictions.to_str().expect("utf-8"), "--device", "cpu", "--json"]);
+    serde_json::from_slice(&ok(run(&args)).stdout).expect("json")
+}
+
 /// Compares clipfleet's `--predictions` with the oracle's, image by image: the same images in the
 /// same order, and the same top-1 class except where OpenCLIP's two best logits are within 1e-5,
 /// for at most 1 image in 1,000 (rounded up).
@@ -79,35 +98,10 @@ fn openclip_vit_b_32_weights_classify_as_in_openclip() {
     python_run(&gen, &["--model", "ViT-B-32", "--out", w]);
     let config = weights_dir.join("ViT-B-32_config.json");
     let weights = weights_dir.join("ViT-B-32_model.safetensors");
-    let oracle: serde_json::Value = serde_json::from_str(&python_run(
-        &fixtures().join("openclip_zero_shot.py"),
-        &[
-            config.to_str().expect("utf-8"),
-            weights.to_str().expect("utf-8"),
-            folder.to_str().expect("utf-8"),
-            "--templates",
-            "simple",
-        ],
-    ))
-    .expect("oracle json");
+    let oracle = oracle(&config, &weights, &folder, &["--templates", "simple"]);
     let predictions = tmp.path().join("predictions.jsonl");
-    let out = ok(run(&[
-        "eval",
-        "--weights",
-        weights.to_str().expect("utf-8"),
-        "--model",
-        "ViT-B-32",
-        "--zero-shot",
-        folder.to_str().expect("utf-8"),
-        "--templates",
-        "simple",
-        "--predictions",
-        predictions.to_str().expect("utf-8"),
-        "--device",
-        "cpu",
-        "--json",
-    ]));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let source = ["--weights", weights.to_str().expect("utf-8"), "--model", "ViT-B-32"];
+    let report = eval_zero_shot(&source, &folder, &["--templates", "simple"], &predictions);
     assert_eq!((report["num_images"].as_i64(), report["num_classes"].as_i64()), (Some(120), Some(10)), "{report}");
     assert_same_predictions(&oracle, &predictions, &report);
 }
@@ -126,26 +120,10 @@ fn a_runs_checkpoint_classifies_as_in_openclip_from_a_folder_or_a_csv() {
     args.splice(at - 1..=at, ["--model-config".to_string(), config.to_str().expect("utf-8").to_string()]);
     ok(run(&refs(&args)));
     let weights = run_dir.join("checkpoints/step_3/model.safetensors");
-    let oracle: serde_json::Value = serde_json::from_str(&python_run(
-        &fixtures().join("openclip_zero_shot.py"),
-        &[config.to_str().expect("utf-8"), weights.to_str().expect("utf-8"), folder.to_str().expect("utf-8")],
-    ))
-    .expect("oracle json");
+    let oracle = oracle(&config, &weights, &folder, &[]);
     for data in [folder.clone(), folder.join("labels.csv")] {
         let predictions = tmp.path().join("predictions.jsonl");
-        let out = ok(run(&[
-            "eval",
-            "--checkpoint",
-            run_dir.to_str().expect("utf-8"),
-            "--zero-shot",
-            data.to_str().expect("utf-8"),
-            "--predictions",
-            predictions.to_str().expect("utf-8"),
-            "--device",
-            "cpu",
-            "--json",
-        ]));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let report = eval_zero_shot(&["--checkpoint", run_dir.to_str().expect("utf-8")], &data, &[], &predictions);
         assert_same_predictions(&oracle, &predictions, &report);
     }
 }
