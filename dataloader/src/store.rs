@@ -289,12 +289,24 @@ impl ShardStore {
 /// # Errors
 /// The builder's error (which never includes credential values).
 pub fn build_store(url: &ShardUrl, config: &[(String, String)]) -> object_store::Result<Arc<dyn ObjectStore>> {
-    let no_retry = RetryConfig { max_retries: 0, ..RetryConfig::default() };
+    build_store_with_retry(url, config, RetryConfig { max_retries: 0, ..RetryConfig::default() })
+}
+
+/// As [`build_store`], with `object_store`'s own retries of each request set by `retry` (the
+/// checkpoint writer keeps them: a multipart upload retries part by part).
+///
+/// # Errors
+/// The builder's error (which never includes credential values).
+pub fn build_store_with_retry(
+    url: &ShardUrl,
+    config: &[(String, String)],
+    retry: RetryConfig,
+) -> object_store::Result<Arc<dyn ObjectStore>> {
     let root = format!("{}://{}", url.scheme.as_str(), url.bucket);
     Ok(match url.scheme {
         UrlScheme::Local => Arc::new(LocalFileSystem::new()),
         UrlScheme::S3 => {
-            let mut b = AmazonS3Builder::from_env().with_url(root).with_retry(no_retry);
+            let mut b = AmazonS3Builder::from_env().with_url(root).with_retry(retry);
             for (k, v) in config {
                 if let Ok(key) = k.parse::<AmazonS3ConfigKey>() {
                     b = b.with_config(key, v);
@@ -303,7 +315,7 @@ pub fn build_store(url: &ShardUrl, config: &[(String, String)]) -> object_store:
             Arc::new(b.build()?)
         }
         UrlScheme::Gcs => {
-            let mut b = GoogleCloudStorageBuilder::from_env().with_url(root).with_retry(no_retry);
+            let mut b = GoogleCloudStorageBuilder::from_env().with_url(root).with_retry(retry);
             for (k, v) in config {
                 if let Ok(key) = k.parse::<GoogleConfigKey>() {
                     b = b.with_config(key, v);
@@ -312,7 +324,7 @@ pub fn build_store(url: &ShardUrl, config: &[(String, String)]) -> object_store:
             Arc::new(b.build()?)
         }
         UrlScheme::Azure => {
-            let mut b = MicrosoftAzureBuilder::from_env().with_url(root).with_retry(no_retry);
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(root).with_retry(retry);
             for (k, v) in config {
                 if let Ok(key) = k.parse::<AzureConfigKey>() {
                     b = b.with_config(key, v);
@@ -321,7 +333,7 @@ pub fn build_store(url: &ShardUrl, config: &[(String, String)]) -> object_store:
             Arc::new(b.build()?)
         }
         UrlScheme::Http => {
-            let mut b = HttpBuilder::new().with_url(url.bucket.clone()).with_retry(no_retry);
+            let mut b = HttpBuilder::new().with_url(url.bucket.clone()).with_retry(retry);
             if url.bucket.starts_with("http://") {
                 b = b.with_config(ClientConfigKey::AllowHttp, "true");
             }

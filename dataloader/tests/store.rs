@@ -395,3 +395,29 @@ fn http_shard_streams_identically_through_a_dropped_connection() {
     assert_eq!(store.retries().load(Ordering::Relaxed), 1);
     assert_eq!(sleeper.delays(), [Duration::from_millis(10)]);
 }
+
+/// An object replaced while it is being read is an error that names it, not a stream that
+/// splices two versions: every ranged GET after the `HEAD` carries `If-Match` with its ETag.
+#[test]
+fn s3_object_replaced_during_a_read_is_an_error_not_a_spliced_stream() {
+    let server = moto::server();
+    let store = ShardStore::new(ShardStoreOptions { config: server.config(), ..options(64 << 10, 1, exact_policy(3)) })
+        .expect("store");
+    let old = pattern_bytes(400_000);
+    server.upload(&store, "replaced/shard.tar", &old);
+    let url = "s3://shards/replaced/shard.tar";
+    let mut reader = store.open(url).expect("open");
+    let mut first = vec![0u8; 10_000];
+    std::io::Read::read_exact(&mut reader, &mut first).expect("first bytes");
+    assert_eq!(first, old[..10_000]);
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0xFF).collect();
+    server.upload(&store, "replaced/shard.tar", &new);
+    let mut rest = Vec::new();
+    let err = std::io::Read::read_to_end(&mut reader, &mut rest).expect_err("the object changed");
+    let text = err.to_string();
+    assert!(text.contains(url), "{text}");
+    assert!(text.to_lowercase().contains("precondition") || text.contains("changed"), "{text}");
+    // Whatever was read before the error came from the old version only.
+    assert_eq!(rest, old[10_000..10_000 + rest.len()], "bytes of the new version were spliced in");
+    assert!(rest.len() < old.len() - 10_000, "the read stopped at the change");
+}

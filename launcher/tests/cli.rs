@@ -30,7 +30,11 @@ fn bad_config_values_name_the_key_and_allowed_values() {
     fails_with(&["train", "--output", o, "--stop-signal", "TERM"], &["--stop-signal", "USR1, USR2 and HUP"]);
     fails_with(&["train", "--output", o, "--report-to", "wandb"], &["report_to", "tensorboard"]);
     fails_with(&["train", "--output", o, "--stop-grace", "soon"], &["--stop-grace", "seconds"]);
-    fails_with(&["train", "--output", "s3://bucket/run"], &["output", "object stores are not supported yet"]);
+    fails_with(&["train", "--output", "s3://bucket/run"], &["output", "set checkpoint_dir to its URL"]);
+    fails_with(
+        &["train", "--output", o, "--checkpoint-dir", "http://host/run"],
+        &["checkpoint_dir", "s3://, gs:// or az://"],
+    );
     fails_with(&["train", "--output", o, "--on-nonfinite", "ignore"], &["on_nonfinite", "stop or rollback"]);
     fails_with(&["train", "--output", o, "--max-nonfinite-skips=-1"], &["max_nonfinite_skips", ">= 0"]);
     fails_with(&["train", "--output", o, "--dataset-type", "parquet"], &["dataset_type", "auto, webdataset or csv"]);

@@ -5,10 +5,10 @@
 
 #[allow(dead_code)]
 #[path = "../../dataloader/tests/store/faulty_proxy.rs"]
-mod faulty_proxy;
+pub(crate) mod faulty_proxy;
 #[allow(dead_code)]
 #[path = "../../dataloader/tests/store/moto.rs"]
-mod moto;
+pub(crate) mod moto;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -18,9 +18,9 @@ use clipfleet_dataloader::store::{ShardStore, ShardStoreOptions};
 use crate::common::{ok, refs, run, run_env, stderr, tiny_args};
 
 /// Never printed: the tests check the logs for it.
-const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY-never-printed";
+pub(crate) const SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY-never-printed";
 
-fn s3_env(port: u16) -> Vec<(&'static str, String)> {
+pub(crate) fn s3_env(port: u16) -> Vec<(&'static str, String)> {
     vec![
         ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
         ("AWS_ALLOW_HTTP", "true".into()),

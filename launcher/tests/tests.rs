@@ -16,5 +16,6 @@ mod resume;
 mod s3_faults;
 mod shards;
 mod stop;
+mod store_checkpoints;
 mod train_shards;
 mod zero_shot;

@@ -87,11 +87,29 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Serves one client connection request by request (bodiless requests, as object_store's GET
-/// and HEAD are), with one upstream connection; each request draws its own fault.
+/// The `Content-Length` of an HTTP message head (0 without one).
+fn content_length(head: &[u8]) -> u64 {
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+/// Serves one client connection request by request (with a `Content-Length` body or none, as
+/// object_store sends them), with one upstream connection; each request draws its own fault.
+/// A request answered with a 503 never reaches the server; a reset cuts the response.
 fn serve_requests(mut client: TcpStream, upstream: u16, mut draw: impl FnMut() -> Fault) {
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
-    while let Some(request) = read_head(&mut client) {
+    while let Some(mut request) = read_head(&mut client) {
+        let body = content_length(&request);
+        if body > 0 {
+            let start = request.len();
+            request.resize(start + usize::try_from(body).unwrap_or(usize::MAX), 0);
+            if client.read_exact(&mut request[start..]).is_err() {
+                break;
+            }
+        }
         let fault = draw();
         if let Fault::Error = fault {
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
@@ -108,15 +126,8 @@ fn serve_requests(mut client: TcpStream, upstream: u16, mut draw: impl FnMut() -
             break;
         }
         let Some(head) = read_head(&mut server) else { break };
-        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
         let head_only = String::from_utf8_lossy(&request).starts_with("HEAD ");
-        let length: u64 = if head_only {
-            0
-        } else {
-            text.lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                .unwrap_or(0)
-        };
+        let length: u64 = if head_only { 0 } else { content_length(&head) };
         let (limit, piece, pause) = match fault {
             Fault::Reset(after) => (head.len() as u64 + after.min(length / 2), 16 << 10, Duration::ZERO),
             Fault::Slow => (u64::MAX, 4 << 10, Duration::from_millis(2)),

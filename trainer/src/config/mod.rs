@@ -96,6 +96,10 @@ declare_train_config! {
     [value_name = "N"] seed: plain u64 = 0;
     /// the run folder ([contents](operations.md#the-run-folder))
     [value_name = "DIR"] output: plain PathBuf = PathBuf::from("runs/default");
+    /// where checkpoints go: a folder, or `s3://`, `gs://` or `az://` URL with the same commit
+    /// protocol (then no shared file system is needed). Unset: `OUTPUT/checkpoints`
+    /// ([object stores](operations.md#checkpoints-on-object-stores))
+    [value_name = "DIR|URL"] checkpoint_dir: optional String = None;
     /// ≥ 0; a checkpoint every N steps. 0 means only the final one, which is always written
     [value_name = "N"] checkpoint_every: plain i64 = 500;
     /// ≥ 0; keep the newest K committed checkpoints, or all of them with 0
@@ -391,8 +395,19 @@ impl TrainConfig {
             return Err(ConfigError::invalid(
                 "output",
                 self.output.display(),
-                "a file-system path, local or mounted (NFS, Lustre, …): checkpoints on object stores are not supported yet",
+                "a file-system path, local or mounted (NFS, Lustre, …); to write checkpoints to an object store, set checkpoint_dir to its URL",
             ));
+        }
+        if let Some(dir) = self.checkpoint_dir.as_deref() {
+            let scheme = dir.split_once("://").map(|(s, _)| s);
+            let stores = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl", "file"];
+            if dir.is_empty() || scheme.is_some_and(|s| !stores.contains(&s)) {
+                return Err(ConfigError::invalid(
+                    "checkpoint_dir",
+                    dir,
+                    "a folder, or an s3://, gs:// or az:// URL (bucket and prefix)",
+                ));
+            }
         }
         if self.max_nonfinite_skips < 0 {
             return Err(ConfigError::invalid("max_nonfinite_skips", self.max_nonfinite_skips, "an integer >= 0"));

@@ -11,7 +11,7 @@ use clipfleet_dataloader::tokenizer::Tokenizer;
 
 use super::zero_shot::{evaluate_zero_shot, templates, LabelledSet, ZeroShotSpec};
 use super::{evaluate, evaluate_shards, EvalReport};
-use crate::checkpoint::{self, Checkpoint, CheckpointState};
+use crate::checkpoint::{self, CheckpointState};
 use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::tokenizer_for;
 use crate::device::resolve_device;
@@ -202,11 +202,12 @@ pub fn load_checkpoint_model(
     device: Option<DeviceSpec>,
     vocab: Option<&Path>,
 ) -> Result<LoadedCheckpoint> {
-    let dir = checkpoint::resolve(path)?.ok_or_else(|| TrainError::Checkpoint {
+    let found = checkpoint::find(path)?.ok_or_else(|| TrainError::Checkpoint {
         path: path.to_path_buf(),
         reason: "holds no committed checkpoint".into(),
     })?;
-    let ck = Checkpoint::open(&dir)?;
+    let ck = found.open(&std::env::temp_dir())?;
+    let dir = PathBuf::from(&ck.source);
     let cfg = &ck.state.train_config;
     let device = resolve_device(device.unwrap_or(DeviceSpec::Auto))?;
     // The evaluation never autocasts: an amp_bf16 run's fp32 weights evaluate on a CPU too.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clipfleet_dataloader::loader::LoaderState;
 
-use crate::checkpoint::{self, CheckpointState};
+use crate::checkpoint::{CheckpointDir, CheckpointState};
 use crate::config::TrainConfig;
 use crate::dist::ProcessGroup;
 use crate::error::{Result, TrainError};
@@ -65,6 +65,7 @@ pub(super) fn merge_shard_states(
 /// on every rank), logs how long it took, and holds every rank until it is committed.
 pub(super) fn commit_checkpoint(
     cfg: &TrainConfig,
+    checkpoints: &CheckpointDir,
     group: &dyn ProcessGroup,
     learner: &Learner<'_>,
     state: &CheckpointState,
@@ -72,14 +73,15 @@ pub(super) fn commit_checkpoint(
 ) -> Result<PathBuf> {
     let t = Instant::now();
     let dir = if group.rank() == 0 {
-        let dir = checkpoint::save(&cfg.output, learner.model(), learner.optimizer(), state, cfg.keep_checkpoints)?;
+        let scratch = super::start::scratch_dir(cfg);
+        let at = checkpoints.save(&scratch, learner.model(), learner.optimizer(), state, cfg.keep_checkpoints)?;
         let seconds = t.elapsed().as_secs_f64();
         metrics.observe_checkpoint(seconds);
-        tracing::info!(step = state.step, path = %dir.display(), seconds = format_args!("{seconds:.2}"), "checkpoint");
-        dir
+        tracing::info!(step = state.step, path = %at, seconds = format_args!("{seconds:.2}"), "checkpoint");
+        at
     } else {
-        checkpoint::step_dir(&cfg.output, state.step)
+        checkpoints.step_location(state.step)
     };
     group.barrier()?;
-    Ok(dir)
+    Ok(PathBuf::from(dir))
 }

@@ -112,6 +112,8 @@ pub struct Run<'g> {
     data: Option<TrainStream>,
     tokenizer: Arc<dyn Tokenizer>,
     store: Option<Arc<ShardStore>>,
+    /// Where checkpoints go (`checkpoint_dir`, else `OUTPUT/checkpoints`).
+    checkpoints: crate::checkpoint::CheckpointDir,
     eval: EvalPlan,
     metrics: Metrics,
     window: ReportWindow,
@@ -320,20 +322,20 @@ impl<'g> Run<'g> {
                 self.nonfinite_streak
             )));
         }
-        let Some(dir) = crate::checkpoint::resolve(&self.cfg.output)? else {
+        let Some(found) = self.checkpoints.newest()? else {
             return Err(stop(format!(
                 "{} steps in a row, and no checkpoint to roll back to yet",
                 self.nonfinite_streak
             )));
         };
-        self.rollback(&dir)?;
+        self.rollback(&found)?;
         Ok(true)
     }
 
     /// Goes back to the committed checkpoint `dir`: its weights, optimizer state, step and data
     /// position, on every rank (they all decide to, at the same step).
-    fn rollback(&mut self, dir: &std::path::Path) -> Result<()> {
-        let ck = crate::checkpoint::Checkpoint::open(dir)?;
+    fn rollback(&mut self, found: &crate::checkpoint::Found) -> Result<()> {
+        let ck = found.open(&start::scratch_dir(&self.cfg))?;
         let from = self.step;
         {
             let (model, optimizer) = self.learner.parts_mut();
@@ -359,7 +361,7 @@ impl<'g> Run<'g> {
         self.nonfinite_streak = 0;
         self.rollbacks += 1;
         self.metrics.record_nonfinite_rollback();
-        tracing::warn!(from, to = self.step, checkpoint = %dir.display(), rollback = self.rollbacks, "rolled back to the last checkpoint after non-finite steps");
+        tracing::warn!(from, to = self.step, checkpoint = %ck.source, rollback = self.rollbacks, "rolled back to the last checkpoint after non-finite steps");
         if let Some(pb) = &self.progress {
             pb.set_position(self.step as u64);
         }
@@ -404,7 +406,7 @@ impl<'g> Run<'g> {
     pub fn checkpoint(&mut self) -> Result<PathBuf> {
         let shards = commit::merge_shard_states(self.group, self.shards.as_ref(), self.device)?;
         let state = self.checkpoint_state(shards);
-        commit::commit_checkpoint(&self.cfg, self.group, &self.learner, &state, &self.metrics)
+        commit::commit_checkpoint(&self.cfg, &self.checkpoints, self.group, &self.learner, &state, &self.metrics)
     }
 
     /// Evaluates the current weights on rank 0 while the other ranks wait, so the ranks

@@ -12,7 +12,7 @@ use clipfleet_dataloader::tokenizer::Tokenizer;
 
 use super::report::ReportWindow;
 use super::{commit, Learner, Resume, Run, TrainOptions, SYNTHETIC_EPOCH};
-use crate::checkpoint::{self, Checkpoint, CheckpointState, RngState, FORMAT_VERSION};
+use crate::checkpoint::{self, Checkpoint, CheckpointDir, CheckpointState, RngState, FORMAT_VERSION};
 use crate::config::TrainConfig;
 use crate::data::{tokenizer_for, DataPosition, TrainStream};
 use crate::device::resolve_device;
@@ -77,10 +77,19 @@ fn configure_threads(cfg: &TrainConfig, world: &WorldInfo, device: tch::Device) 
     }
 }
 
+/// The run's local folder for checkpoints on their way to or from an object store.
+pub(super) fn scratch_dir(cfg: &TrainConfig) -> std::path::PathBuf {
+    cfg.output.join(".clipfleet")
+}
+
 /// The checkpoint to resume from, if any.
-fn find_resume(cfg: &TrainConfig, resume: Option<&Resume>, restarted: bool) -> Result<Option<Checkpoint>> {
-    let newest_of_output =
-        || -> Result<_> { Ok(if cfg.output.exists() { checkpoint::resolve(&cfg.output)? } else { None }) };
+fn find_resume(
+    cfg: &TrainConfig,
+    checkpoints: &CheckpointDir,
+    resume: Option<&Resume>,
+    restarted: bool,
+) -> Result<Option<Checkpoint>> {
+    let newest_of_output = || checkpoints.newest();
     let dir = match resume {
         None => None,
         Some(Resume::Latest) => newest_of_output()?,
@@ -93,7 +102,7 @@ fn find_resume(cfg: &TrainConfig, resume: Option<&Resume>, restarted: bool) -> R
                 );
                 Some(own)
             }
-            None => Some(checkpoint::resolve(p)?.ok_or_else(|| TrainError::Checkpoint {
+            None => Some(checkpoint::find(p)?.ok_or_else(|| TrainError::Checkpoint {
                 path: p.clone(),
                 reason: "holds no committed checkpoint".into(),
             })?),
@@ -106,7 +115,7 @@ fn find_resume(cfg: &TrainConfig, resume: Option<&Resume>, restarted: bool) -> R
             }
             Ok(None)
         }
-        Some(dir) => Ok(Some(Checkpoint::open(&dir)?)),
+        Some(found) => Ok(Some(found.open(&scratch_dir(cfg))?)),
     }
 }
 
@@ -129,8 +138,8 @@ fn agree_on_resume(group: &dyn ProcessGroup, step: Option<i64>, device: tch::Dev
 fn check_checkpoint_fits(ck: &Checkpoint, cfg: &TrainConfig, model_cfg: &ClipConfig, global_batch: i64) -> Result<()> {
     if ck.state.model_config != *model_cfg {
         return Err(TrainError::Checkpoint {
-            path: ck.dir.clone(),
-            reason: format!(
+            path: ck.source.clone().into(),
+                reason: format!(
                 "was written for a different model ({}); pass the same --model/--model-config/--loss or another --output",
                 serde_json::to_string(&ck.state.model_config).unwrap_or_default()
             ),
@@ -167,7 +176,8 @@ impl<'g> Run<'g> {
         configure_threads(cfg, world, device);
         let model_cfg = cfg.model_config()?;
         let global_batch = cfg.local_batch() * group.world_size() as i64;
-        let resume = find_resume(cfg, opts.resume.as_ref(), opts.restarted)?;
+        let checkpoints = CheckpointDir::of_run(cfg)?;
+        let resume = find_resume(cfg, &checkpoints, opts.resume.as_ref(), opts.restarted)?;
         agree_on_resume(group, resume.as_ref().map(|ck| ck.state.step), device)?;
         if let Some(ck) = &resume {
             check_checkpoint_fits(ck, cfg, &model_cfg, global_batch)?;
@@ -190,7 +200,7 @@ impl<'g> Run<'g> {
             ck.load_model(model)?;
             ck.load_optimizer(optimizer)?;
             at = StartPosition { step: ck.state.step, data: ck.state.data, shards: ck.state.shards.clone() };
-            tracing::info!(checkpoint = %ck.dir.display(), step = at.step, epoch = at.data.epoch, samples_in_epoch = at.data.samples_in_epoch, "resumed");
+            tracing::info!(checkpoint = %ck.source, step = at.step, epoch = at.data.epoch, samples_in_epoch = at.data.samples_in_epoch, "resumed");
         }
         // Rank 0's parameters everywhere (the same already, from the shared seed or checkpoint;
         // this makes it so whatever the hardware's initialisation kernels do).
@@ -248,7 +258,8 @@ impl<'g> Run<'g> {
             first_step: at.step,
             position: at.data,
             shards: at.shards,
-            resumed_from: resume.map(|ck| ck.dir),
+            resumed_from: resume.map(|ck| std::path::PathBuf::from(ck.source)),
+            checkpoints,
             last_loss: f64::NAN,
             started: Instant::now(),
             ended: None,

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,6 +30,10 @@ use crate::error::{Result, TrainError};
 use crate::model::{Clip, ClipConfig};
 use crate::optim::AdamW;
 
+mod store;
+
+pub use store::StoreDir;
+
 /// Current `state.json` format.
 pub const FORMAT_VERSION: u32 = 1;
 const MODEL_FILE: &str = "model.safetensors";
@@ -36,6 +41,8 @@ const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
 const MANIFEST_FILE: &str = "manifest.json";
 const LATEST_FILE: &str = "latest";
+/// The files a manifest lists, in the order they are written.
+const DATA_FILES: [&str; 3] = [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE];
 
 /// How the random streams are reproduced on resume. All randomness in clipfleet is
 /// counter-based: data order and augmentation derive from (seed, epoch, sample index),
@@ -166,38 +173,58 @@ pub fn list_committed(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
 /// Writes and commits checkpoint `state.step` under `OUTPUT/checkpoints/`, then prunes to
 /// the newest `keep` (0 keeps all). Returns the committed folder.
 pub fn save(output: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointState, keep: usize) -> Result<PathBuf> {
-    let dir = checkpoints_dir(output);
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    save_in(&checkpoints_dir(output), model, optimizer, state, keep)
+}
+
+/// Writes the checkpoint's files into the folder `dir` (which exists), each fsynced, the
+/// manifest last. The `stall-in-checkpoint` fault hits after the weights when `fault` is set.
+pub(crate) fn write_files(
+    dir: &Path,
+    model: &Clip,
+    optimizer: &AdamW,
+    state: &CheckpointState,
+    fault: bool,
+) -> Result<()> {
+    let model_path = dir.join(MODEL_FILE);
+    model.save_safetensors(&model_path)?;
+    fsync_file(&model_path)?;
+    if fault {
+        crate::fault::maybe_inject(crate::fault::FaultPoint::InCheckpoint, state.step);
+    }
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    Tensor::write_safetensors(&optimizer.state_tensors(), &opt_path).map_err(|e| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: format!("cannot write the optimizer state: {e}"),
+    })?;
+    fsync_file(&opt_path)?;
+    let state_json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: format!("cannot serialise state: {e}"),
+    })?;
+    write_synced(&dir.join(STATE_FILE), &state_json)?;
+
+    let mut files = BTreeMap::new();
+    for name in DATA_FILES {
+        let (sha256, bytes) = sha256_file(&dir.join(name))?;
+        files.insert(name.to_string(), FileEntry { sha256, bytes });
+    }
+    let manifest = serde_json::to_vec_pretty(&Manifest { step: state.step, files }).map_err(|e| {
+        TrainError::Checkpoint { path: dir.to_path_buf(), reason: format!("cannot serialise manifest: {e}") }
+    })?;
+    write_synced(&dir.join(MANIFEST_FILE), &manifest)?;
+    fsync_dir(dir)
+}
+
+/// [`save`] into the checkpoints folder `dir` itself (`checkpoint_dir`).
+pub fn save_in(dir: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointState, keep: usize) -> Result<PathBuf> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
     let final_dir = dir.join(step_dir_name(state.step));
     let tmp = dir.join(format!("{}.tmp", step_dir_name(state.step)));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-
-    let model_path = tmp.join(MODEL_FILE);
-    model.save_safetensors(&model_path)?;
-    fsync_file(&model_path)?;
-    crate::fault::maybe_inject(crate::fault::FaultPoint::InCheckpoint, state.step);
-    let opt_path = tmp.join(OPTIMIZER_FILE);
-    Tensor::write_safetensors(&optimizer.state_tensors(), &opt_path).map_err(|e| TrainError::Checkpoint {
-        path: tmp.clone(),
-        reason: format!("cannot write the optimizer state: {e}"),
-    })?;
-    fsync_file(&opt_path)?;
-    let state_json = serde_json::to_vec_pretty(state)
-        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), reason: format!("cannot serialise state: {e}") })?;
-    write_synced(&tmp.join(STATE_FILE), &state_json)?;
-
-    let mut files = BTreeMap::new();
-    for name in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
-        let (sha256, bytes) = sha256_file(&tmp.join(name))?;
-        files.insert(name.to_string(), FileEntry { sha256, bytes });
-    }
-    let manifest = serde_json::to_vec_pretty(&Manifest { step: state.step, files })
-        .map_err(|e| TrainError::Checkpoint { path: tmp.clone(), reason: format!("cannot serialise manifest: {e}") })?;
-    write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
-    fsync_dir(&tmp)?;
+    write_files(&tmp, model, optimizer, state, true)?;
     if final_dir.exists() {
         // A folder for this step from an abandoned run (resumed from an older checkpoint):
         // move it aside first; `latest` still names a complete checkpoint meanwhile, and the
@@ -209,9 +236,9 @@ pub fn save(output: &Path, model: &Clip, optimizer: &AdamW, state: &CheckpointSt
         fs::rename(&final_dir, &stale).map_err(io_err(&final_dir))?;
     }
     fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
-    fsync_dir(&dir)?;
-    update_latest(&dir, state.step)?;
-    prune(&dir, keep, state.step)?;
+    fsync_dir(dir)?;
+    update_latest(dir, state.step)?;
+    prune(dir, keep, state.step)?;
     crate::fault::maybe_inject(crate::fault::FaultPoint::AfterCheckpoint, state.step);
     Ok(final_dir)
 }
@@ -266,6 +293,12 @@ pub fn resolve(path: &Path) -> Result<Option<PathBuf>> {
         return Err(TrainError::Checkpoint { path: path.to_path_buf(), reason: "no such folder".into() });
     }
     let dir = if path.join(LATEST_FILE).is_file() { path.to_path_buf() } else { checkpoints_dir(path) };
+    newest_in(&dir)
+}
+
+/// The checkpoint that `latest` names in the checkpoints folder `dir`, else the newest
+/// committed one; `None` when there is none (or no folder).
+pub fn newest_in(dir: &Path) -> Result<Option<PathBuf>> {
     let latest = dir.join(LATEST_FILE);
     if let Ok(text) = fs::read_to_string(&latest) {
         let name = text.trim();
@@ -275,16 +308,164 @@ pub fn resolve(path: &Path) -> Result<Option<PathBuf>> {
         }
         tracing::warn!(pointer = %latest.display(), target = name, "`latest` names no committed checkpoint; using the newest committed one");
     }
-    Ok(list_committed(&dir)?.pop().map(|(_, p)| p))
+    Ok(list_committed(dir)?.pop().map(|(_, p)| p))
+}
+
+/// Whether `spec` names an object-store location (`scheme://…`) rather than a path.
+pub fn is_url(spec: &str) -> bool {
+    spec.contains("://") && !spec.starts_with("file://")
+}
+
+/// Where a run writes its checkpoints: `checkpoint_dir`, else `OUTPUT/checkpoints/`. A
+/// folder, or a prefix on an object store (S3, GCS, Azure) with the same layout and commit
+/// protocol.
+#[derive(Debug, Clone)]
+pub enum CheckpointDir {
+    /// A folder on a local or mounted file system.
+    Local(PathBuf),
+    /// A prefix on an object store.
+    Store(StoreDir),
+}
+
+impl CheckpointDir {
+    /// The checkpoints location of the run configured by `cfg`.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] when `checkpoint_dir` is a URL whose store cannot be built.
+    pub fn of_run(cfg: &TrainConfig) -> Result<Self> {
+        match cfg.checkpoint_dir.as_deref() {
+            None => Ok(CheckpointDir::Local(checkpoints_dir(&cfg.output))),
+            Some(spec) if is_url(spec) => Ok(CheckpointDir::Store(StoreDir::open(spec)?)),
+            Some(spec) => Ok(CheckpointDir::Local(PathBuf::from(spec.strip_prefix("file://").unwrap_or(spec)))),
+        }
+    }
+
+    /// The folder or URL of checkpoint `step`.
+    pub fn step_location(&self, step: i64) -> String {
+        match self {
+            CheckpointDir::Local(dir) => dir.join(step_dir_name(step)).display().to_string(),
+            CheckpointDir::Store(store) => store.step_url(step),
+        }
+    }
+
+    /// Writes and commits checkpoint `state.step`, then keeps the newest `keep` (0: all).
+    /// `scratch` is a local folder for the files on their way to an object store. Returns the
+    /// committed folder or URL.
+    ///
+    /// # Errors
+    /// Any failure to write, upload or commit; the previous checkpoint stays loadable.
+    pub fn save(
+        &self,
+        scratch: &Path,
+        model: &Clip,
+        optimizer: &AdamW,
+        state: &CheckpointState,
+        keep: usize,
+    ) -> Result<String> {
+        match self {
+            CheckpointDir::Local(dir) => Ok(save_in(dir, model, optimizer, state, keep)?.display().to_string()),
+            CheckpointDir::Store(store) => store.save(scratch, model, optimizer, state, keep),
+        }
+    }
+
+    /// The checkpoint `latest` names, else the newest committed one; `None` when there is none.
+    ///
+    /// # Errors
+    /// A folder or store that cannot be read.
+    pub fn newest(&self) -> Result<Option<Found>> {
+        match self {
+            CheckpointDir::Local(dir) => Ok(newest_in(dir)?.map(Found::Local)),
+            CheckpointDir::Store(store) => Ok(store.newest()?.map(|step| Found::Store(store.clone(), step))),
+        }
+    }
+}
+
+/// A committed checkpoint, not yet read.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A `step_N/` folder.
+    Local(PathBuf),
+    /// Step N under an object-store prefix.
+    Store(StoreDir, i64),
+}
+
+impl Found {
+    /// Where it is: the folder or the URL.
+    pub fn location(&self) -> String {
+        match self {
+            Found::Local(dir) => dir.display().to_string(),
+            Found::Store(store, step) => store.step_url(*step),
+        }
+    }
+
+    /// Reads and verifies it. A checkpoint on a store is downloaded into a private temporary
+    /// folder under `scratch` (created if missing) first.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::open`], and any download failure.
+    pub fn open(&self, scratch: &Path) -> Result<Checkpoint> {
+        match self {
+            Found::Local(dir) => Checkpoint::open(dir),
+            Found::Store(store, step) => {
+                fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+                let download = tempfile::Builder::new()
+                    .prefix("checkpoint-download-")
+                    .tempdir_in(scratch)
+                    .map_err(io_err(scratch))?;
+                store.download(*step, download.path())?;
+                let mut ck = Checkpoint::open(download.path())?;
+                ck.source = store.step_url(*step);
+                ck.download = Some(Arc::new(download));
+                Ok(ck)
+            }
+        }
+    }
+}
+
+/// Resolves what `--resume` or `--checkpoint` names: a folder as [`resolve`] takes it, or a
+/// URL of a checkpoint (`…/step_N`), of a checkpoints prefix (holding `latest`), or of a prefix
+/// holding `checkpoints/`. `None` when it holds no committed checkpoint yet.
+///
+/// # Errors
+/// As [`resolve`]; for a URL, an unreadable store or a `step_N` that was never committed.
+pub fn find(spec: &Path) -> Result<Option<Found>> {
+    let text = spec.to_string_lossy();
+    if !is_url(&text) {
+        return Ok(resolve(spec)?.map(Found::Local));
+    }
+    let url = text.trim_end_matches('/');
+    if let Some((parent, last)) = url.rsplit_once('/') {
+        if let Some(step) = parse_step(last) {
+            let store = StoreDir::open(parent)?;
+            return if store.is_committed(step)? {
+                Ok(Some(Found::Store(store, step)))
+            } else {
+                Err(TrainError::Checkpoint {
+                    path: spec.to_path_buf(),
+                    reason: "no committed checkpoint there (no manifest.json): missing or never committed".into(),
+                })
+            };
+        }
+    }
+    let store = StoreDir::open(url)?;
+    if let Some(step) = store.newest()? {
+        return Ok(Some(Found::Store(store, step)));
+    }
+    let nested = StoreDir::open(&format!("{url}/checkpoints"))?;
+    Ok(nested.newest()?.map(|step| Found::Store(nested, step)))
 }
 
 /// A verified checkpoint: its folder and its state.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
-    /// The `step_N/` folder.
+    /// The `step_N/` folder (for a checkpoint on an object store, the private temporary
+    /// folder it was downloaded into, deleted when the last clone is dropped).
     pub dir: PathBuf,
+    /// Where it was read from: the folder, or the object store URL of `step_N`.
+    pub source: String,
     /// Its `state.json`.
     pub state: CheckpointState,
+    download: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Checkpoint {
@@ -297,7 +478,7 @@ impl Checkpoint {
             .map_err(|e| bad(format!("cannot read {MANIFEST_FILE} ({e}); the checkpoint was never committed")))?;
         let manifest: Manifest =
             serde_json::from_str(&manifest_text).map_err(|e| bad(format!("{MANIFEST_FILE} is corrupt: {e}")))?;
-        for name in [MODEL_FILE, OPTIMIZER_FILE, STATE_FILE] {
+        for name in DATA_FILES {
             let entry = manifest.files.get(name).ok_or_else(|| bad(format!("{MANIFEST_FILE} does not list {name}")))?;
             let path = dir.join(name);
             if !path.is_file() {
@@ -320,7 +501,7 @@ impl Checkpoint {
                 state.format_version
             )));
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), state })
+        Ok(Checkpoint { dir: dir.to_path_buf(), source: dir.display().to_string(), state, download: None })
     }
 
     /// Path of the weights.
