@@ -201,7 +201,28 @@ pub trait ProcessGroup: fmt::Debug {
     /// launcher sees this worker fail and stops the others. A graceful shutdown after a
     /// one-rank error would wait forever for ranks blocked in a collective.
     fn abort(&self, code: i32) -> !;
+    /// Called right after a collective returns: a marker of its completion on the device when
+    /// the call only queued the work (NCCL), so that a deadline can cover the queued part too;
+    /// `None` when the collective is complete on return (the CPU groups).
+    fn completion_marker(&self) -> Result<Option<Box<dyn Completion>>, DistError> {
+        Ok(None)
+    }
+    /// A function that another thread may call to make this group's queued and running
+    /// collectives end with an error (NCCL: `ncclCommAbort`), for the watchdog before it ends a
+    /// hung process; `None` when there is nothing to abort (the CPU groups).
+    fn abort_handle(&self) -> Option<AbortHandle> {
+        None
+    }
 }
+
+/// Whether queued device work has finished; polled from the watchdog thread.
+pub trait Completion: Send {
+    /// `Ok(true)` once the work is done; an error when the device reports one.
+    fn is_done(&self) -> Result<bool, String>;
+}
+
+/// See [`ProcessGroup::abort_handle`].
+pub type AbortHandle = Box<dyn Fn() + Send + Sync>;
 
 /// Creates the process group of `backend` for this worker. The NCCL backend exchanges its unique
 /// id through the TCP rendezvous at `world.master_addr:world.master_port`, or by an MPI broadcast

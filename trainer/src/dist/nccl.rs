@@ -234,6 +234,24 @@ impl ProcessGroup for NcclGroup {
         one.f_double_value(&[0]).map_err(self.torch("barrier"))?;
         Ok(())
     }
+    fn completion_marker(&self) -> Result<Option<Box<dyn super::Completion>>, DistError> {
+        GpuMarker::record()
+            .map(|m| Some(Box::new(m) as Box<dyn super::Completion>))
+            .map_err(|reason| DistError::Unavailable { backend: "nccl", rank: self.rank, reason })
+    }
+    fn abort_handle(&self) -> Option<super::AbortHandle> {
+        let comm = SendComm(self.comm);
+        let rank = self.rank;
+        Some(Box::new(move || {
+            let comm = &comm;
+            // SAFETY: ncclCommAbort may be called from any thread while other threads are blocked
+            // in (or queue work behind) the communicator; the caller ends the process right
+            // after, so the communicator is never used again.
+            if let Err(e) = unsafe { nccl::comm_abort(comm.0) } {
+                eprintln!("rank {rank}: ncclCommAbort failed: {:?}", e.0);
+            }
+        }))
+    }
     fn abort(&self, code: i32) -> ! {
         // SAFETY: `comm` is a live communicator; the process exits right after, so the
         // communicator is never used (or destroyed by Drop) again.
@@ -250,6 +268,70 @@ impl Drop for NcclGroup {
         if let Err(e) = unsafe { nccl::comm_destroy(self.comm) } {
             tracing::warn!(rank = self.rank, "ncclCommDestroy failed: {:?}", e.0);
         }
+    }
+}
+
+/// A communicator handle moved to the watchdog thread, for `ncclCommAbort` only.
+struct SendComm(ncclComm_t);
+
+// SAFETY: NCCL documents ncclCommAbort as callable from another thread than the one using the
+// communicator; nothing else is done with the handle.
+unsafe impl Send for SendComm {}
+// SAFETY: as above; the handle is only read.
+unsafe impl Sync for SendComm {}
+
+/// The completion of the work queued so far on libtorch's stream: a CUDA event recorded after
+/// a collective, queried (never waited for) by the watchdog thread.
+struct GpuMarker {
+    event: cudarc::driver::sys::CUevent,
+    context: cudarc::driver::sys::CUcontext,
+}
+
+// SAFETY: CUDA driver handles are plain handles usable from any thread once the context is
+// made current there, which `is_done` does.
+unsafe impl Send for GpuMarker {}
+
+impl GpuMarker {
+    /// Records an event on the legacy default stream (where the collectives are queued) of the
+    /// calling thread's current context.
+    fn record() -> Result<GpuMarker, String> {
+        use cudarc::driver::{result as cu, sys};
+        let context = cu::ctx::get_current()
+            .map_err(|e| format!("cuCtxGetCurrent: {e:?}"))?
+            .ok_or("no CUDA context is current on the training thread")?;
+        let event = cu::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| format!("cuEventCreate: {e:?}"))?;
+        // SAFETY: `event` was just created; the null stream is the legacy default stream.
+        if let Err(e) = unsafe { cu::event::record(event, std::ptr::null_mut()) } {
+            // SAFETY: the event is not used after this.
+            let _ = unsafe { cu::event::destroy(event) };
+            return Err(format!("cuEventRecord: {e:?}"));
+        }
+        Ok(GpuMarker { event, context })
+    }
+}
+
+impl super::Completion for GpuMarker {
+    fn is_done(&self) -> Result<bool, String> {
+        use cudarc::driver::{result as cu, sys};
+        // SAFETY: `context` is the primary context the event was recorded in, retained for the
+        // process; `event` is alive until drop.
+        unsafe {
+            cu::ctx::set_current(self.context).map_err(|e| format!("cuCtxSetCurrent: {e:?}"))?;
+            match cu::event::query(self.event) {
+                Ok(()) => Ok(true),
+                Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_NOT_READY => Ok(false),
+                Err(e) => Err(format!("cuEventQuery: {e:?}")),
+            }
+        }
+    }
+}
+
+impl Drop for GpuMarker {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by `record` and is destroyed once; CUDA defers the
+        // release of an event still pending on a stream.
+        let _ = unsafe { cudarc::driver::result::event::destroy(self.event) };
     }
 }
 

@@ -164,14 +164,13 @@ pub fn train(cfg: &TrainConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let backend = start::choose_backend(cfg, &world, device)?;
     tracing::info!(backend = %backend, ?device, "process group");
     let group = dist::init(backend, &world)?;
-    let group: Box<dyn ProcessGroup> =
-        if group.world_size() > 1 && cfg.collective_timeout > 0 && backend != dist::Backend::Nccl {
-            let dir = cfg.output.join(".clipfleet").join("heartbeats");
-            let timeout = std::time::Duration::from_secs(cfg.collective_timeout);
-            Box::new(dist::watchdog::WatchedGroup::new(group, &dir, timeout, opts.boundary.heartbeat.clone())?)
-        } else {
-            group
-        };
+    let group: Box<dyn ProcessGroup> = if group.world_size() > 1 && cfg.collective_timeout > 0 {
+        let dir = cfg.output.join(".clipfleet").join("heartbeats");
+        let timeout = std::time::Duration::from_secs(cfg.collective_timeout);
+        Box::new(dist::watchdog::WatchedGroup::new(group, &dir, timeout, opts.boundary.heartbeat.clone())?)
+    } else {
+        group
+    };
     if group.world_size() == 1 {
         return run_to_end(cfg, opts, &world, device, group.as_ref());
     }
