@@ -202,6 +202,15 @@ impl ParquetShardReader {
         options: &ParquetReadOptions,
     ) -> Result<Self, DataError> {
         let url = url.into();
+        guarded(&url, Self::open_unguarded(store, path, url.clone(), options)).await
+    }
+
+    async fn open_unguarded(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        url: String,
+        options: &ParquetReadOptions,
+    ) -> Result<Self, DataError> {
         if options.batch_size == 0 {
             return Err(DataError::InvalidArgument {
                 name: "batch_size",
@@ -286,6 +295,11 @@ impl ParquetShardReader {
     /// The next row, `Ok(None)` at the end of the file. A [`DataError::Parquet`] means the rest
     /// of the file cannot be read (a fetch or decode failure); stop reading this reader then.
     pub async fn next_row(&mut self) -> Result<Option<ParquetRow>, DataError> {
+        let url = self.url.clone();
+        guarded(&url, self.next_row_unguarded()).await
+    }
+
+    async fn next_row_unguarded(&mut self) -> Result<Option<ParquetRow>, DataError> {
         loop {
             if let Some(batch) = &self.batch {
                 if self.row_in_batch < batch.num_rows() {
@@ -513,6 +527,30 @@ fn key_value(col: &dyn Array, i: usize) -> Option<String> {
 /// download when it has a `status` column (then that one column is read, nothing else).
 /// Rows that will be skipped as bad samples are included.
 pub async fn parquet_num_rows(store: Arc<dyn ObjectStore>, path: Path, url: &str) -> Result<u64, DataError> {
+    guarded(url, num_rows_unguarded(store, path, url)).await
+}
+
+/// Runs `work` on a Parquet file, turning a panic of the parquet library on a malformed file
+/// (it asserts on some footers: apache/arrow-rs#6255) into a [`DataError::Parquet`] for the
+/// shard, so that a crafted or damaged file is a skipped shard, never a crashed run.
+async fn guarded<T>(url: &str, work: impl std::future::Future<Output = Result<T, DataError>>) -> Result<T, DataError> {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(DataError::Parquet {
+                url: url.to_owned(),
+                source: ParquetError::General(format!("malformed file (the parquet reader failed: {what})")),
+            })
+        }
+    }
+}
+
+async fn num_rows_unguarded(store: Arc<dyn ObjectStore>, path: Path, url: &str) -> Result<u64, DataError> {
     let reader = ObjectStoreFileReader { store, path, bytes_read: Arc::new(AtomicU64::new(0)) };
     let parquet_err = |source| DataError::Parquet { url: url.to_string(), source };
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(parquet_err)?;

@@ -11,7 +11,7 @@ mod braces;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use braces::{brace_expand, MAX_EXPANSION};
+pub use braces::{brace_expand, MAX_EXPANSION, MAX_EXPANSION_BYTES};
 
 use crate::DataError;
 

@@ -208,7 +208,11 @@ impl<R: Read> TarStream<R> {
 
     /// Skips a member's data and its padding without keeping it.
     fn skip_data(&mut self, size: u64) -> Result<(), TarError> {
-        self.skip_exact(size + padding(size), "a member's data")
+        // A size field near 2⁶⁴ (base-256) overflows with its padding: no stream is that long.
+        let Some(n) = size.checked_add(padding(size)) else {
+            return Err(self.bad(format!("member size of {size} bytes")));
+        };
+        self.skip_exact(n, "a member's data")
     }
 
     fn skip_exact(&mut self, n: u64, what: &str) -> Result<(), TarError> {

@@ -209,7 +209,12 @@ impl TrainConfig {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() }.into())
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses the TOML text of the file `path` (named in errors); unknown keys are an error.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() }.into())
     }
 
     /// The AdamW hyper-parameters.
