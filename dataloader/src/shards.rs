@@ -39,6 +39,8 @@ pub fn parse_sources(spec: &str, weights: Option<&str>) -> Result<Vec<ShardSourc
         None => vec![1.0; parts.len()],
         Some(text) => parse_weights(text, parts.len())?,
     };
+    // The limits of one pattern hold for the whole spec too.
+    let (mut names, mut bytes) = (0usize, 0usize);
     parts
         .iter()
         .zip(weights)
@@ -49,7 +51,16 @@ pub fn parse_sources(spec: &str, weights: Option<&str>) -> Result<Vec<ShardSourc
                     reason: "empty source between '::' separators".to_owned(),
                 });
             }
-            Ok(ShardSource { urls: brace_expand(part)?, weight })
+            let urls = brace_expand(part)?;
+            names += urls.len();
+            bytes += urls.iter().map(String::len).sum::<usize>();
+            if names > MAX_EXPANSION {
+                return Err(braces::too_many(spec));
+            }
+            if bytes > MAX_EXPANSION_BYTES {
+                return Err(braces::too_long(spec));
+            }
+            Ok(ShardSource { urls, weight })
         })
         .collect()
 }

@@ -84,7 +84,7 @@ mod findings {
         for (name, why) in [
             ("oom-comma-list-of-full-ranges", "expands to more than 2000000 names"),
             ("oom-range-4.4M-names", "expands to more than 2000000 names"),
-            ("oom-range-times-long-literal", "expands to more than 256 MiB of names"),
+            ("oom-range-times-long-literal", "expands to more than 128 MiB of names"),
             ("slow-range-at-max-expansion", "expands to more than 2000000 names"),
         ] {
             let spec = String::from_utf8_lossy(&input("brace_expansion", name)).into_owned();

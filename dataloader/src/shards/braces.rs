@@ -7,14 +7,42 @@
 //! a list stays literal (`{a}`), a backslash escapes the next character, and unbalanced braces
 //! are an error.
 
+use std::cell::Cell;
+
 use crate::DataError;
+
+/// Every string built while expanding one pattern, intermediate ones included, is charged here:
+/// nested groups expand inside-out, so the final limits alone would not bound the work.
+struct Budget<'a> {
+    whole: &'a str,
+    names: Cell<usize>,
+    bytes: Cell<usize>,
+}
+
+impl Budget<'_> {
+    /// Charges `names` strings of `bytes` bytes in all.
+    fn charge(&self, names: usize, bytes: usize) -> Result<(), DataError> {
+        self.names.set(self.names.get().saturating_add(names));
+        self.bytes.set(self.bytes.get().saturating_add(bytes));
+        if self.names.get() > WORK_FACTOR * MAX_EXPANSION {
+            return Err(too_many(self.whole));
+        }
+        if self.bytes.get() > WORK_FACTOR * MAX_EXPANSION_BYTES {
+            return Err(too_long(self.whole));
+        }
+        Ok(())
+    }
+}
+
+/// The strings built on the way may total this many times the limits on the result.
+const WORK_FACTOR: usize = 2;
 
 /// The largest number of strings one pattern may expand to; larger ones are refused. (The
 /// largest public image–text sets, such as DataComp's 12.8 billion pairs in shards of 10,000,
 /// have about 1.3 million shards.)
 pub const MAX_EXPANSION: usize = 2_000_000;
 /// The largest total length, in bytes, of the strings one pattern may expand to.
-pub const MAX_EXPANSION_BYTES: usize = 256 << 20;
+pub const MAX_EXPANSION_BYTES: usize = 128 << 20;
 
 const ALPHABET: &[u8; 52] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -27,27 +55,28 @@ const ALPHABET: &[u8; 52] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// [`MAX_EXPANSION_BYTES`] bytes.
 pub fn brace_expand(pattern: &str) -> Result<Vec<String>, DataError> {
     let chars: Vec<char> = pattern.chars().collect();
-    let raw = expand_pattern(&chars, pattern)?;
-    Ok(raw.iter().map(|s| unescape(s)).collect())
+    let budget = Budget { whole: pattern, names: Cell::new(0), bytes: Cell::new(0) };
+    let raw = expand_pattern(&chars, &budget)?;
+    Ok(raw.into_iter().map(|s| if s.contains('\\') { unescape(&s) } else { s }).collect())
 }
 
 fn pattern_error(pattern: &str, reason: impl Into<String>) -> DataError {
     DataError::ShardPattern { pattern: pattern.to_owned(), reason: reason.into() }
 }
 
-fn too_many(pattern: &str) -> DataError {
+pub(crate) fn too_many(pattern: &str) -> DataError {
     pattern_error(
         pattern,
         format!("expands to more than {MAX_EXPANSION} names; split the dataset into sources joined with ::"),
     )
 }
 
-fn too_long(pattern: &str) -> DataError {
+pub(crate) fn too_long(pattern: &str) -> DataError {
     pattern_error(pattern, format!("expands to more than {} MiB of names", MAX_EXPANSION_BYTES >> 20))
 }
 
 /// `parse_pattern`: literals and brace groups, combined as a Cartesian product.
-fn expand_pattern(p: &[char], whole: &str) -> Result<Vec<String>, DataError> {
+fn expand_pattern(p: &[char], b: &Budget<'_>) -> Result<Vec<String>, DataError> {
     let (mut start, mut pos, mut depth) = (0usize, 0usize, 0i64);
     let mut items: Vec<Vec<String>> = Vec::new();
     while pos < p.len() {
@@ -67,11 +96,11 @@ fn expand_pattern(p: &[char], whole: &str) -> Result<Vec<String>, DataError> {
                 depth -= 1;
                 if depth == 0 {
                     let expr = &p[(start + 1).min(pos)..pos];
-                    match expand_expression(expr, whole)? {
+                    match expand_expression(expr, b)? {
                         Some(values) => items.push(values),
                         None => {
                             items.push(vec!["{".to_owned()]);
-                            items.push(expand_pattern(expr, whole)?);
+                            items.push(expand_pattern(expr, b)?);
                             items.push(vec!["}".to_owned()]);
                         }
                     }
@@ -83,22 +112,22 @@ fn expand_pattern(p: &[char], whole: &str) -> Result<Vec<String>, DataError> {
         pos += 1;
     }
     if depth != 0 {
-        return Err(pattern_error(whole, "unbalanced braces"));
+        return Err(pattern_error(b.whole, "unbalanced braces"));
     }
     if start < pos && start < p.len() {
         items.push(vec![p[start..].iter().collect()]);
     }
-    product(&items, whole)
+    product(&items, b)
 }
 
 /// Every concatenation of one string from each item, the first item varying slowest.
-fn product(items: &[Vec<String>], whole: &str) -> Result<Vec<String>, DataError> {
+fn product(items: &[Vec<String>], b: &Budget<'_>) -> Result<Vec<String>, DataError> {
     let mut total: usize = 1;
     for item in items {
         total = total.saturating_mul(item.len());
     }
     if total > MAX_EXPANSION {
-        return Err(too_many(whole));
+        return Err(too_many(b.whole));
     }
     // Each string of item i appears in total / len(i) of the results.
     let bytes = items
@@ -107,8 +136,9 @@ fn product(items: &[Vec<String>], whole: &str) -> Result<Vec<String>, DataError>
         .map(|item| (item.iter().map(String::len).sum::<usize>() as u128) * (total / item.len()) as u128)
         .fold(0u128, u128::saturating_add);
     if bytes > MAX_EXPANSION_BYTES as u128 {
-        return Err(too_long(whole));
+        return Err(too_long(b.whole));
     }
+    b.charge(total, bytes as usize)?;
     let mut out = vec![String::new()];
     for item in items {
         let mut next = Vec::with_capacity(out.len() * item.len());
@@ -123,17 +153,17 @@ fn product(items: &[Vec<String>], whole: &str) -> Result<Vec<String>, DataError>
 }
 
 /// `parse_expression`: an integer range, a letter range, or a comma list; `None` otherwise.
-fn expand_expression(expr: &[char], whole: &str) -> Result<Option<Vec<String>>, DataError> {
+fn expand_expression(expr: &[char], b: &Budget<'_>) -> Result<Option<Vec<String>>, DataError> {
     let text: String = expr.iter().collect();
     if let Some((lo, hi, step)) = split_range(&text) {
         if is_int(lo) && is_int(hi) {
-            return int_range(lo, hi, step, whole).map(Some);
+            return int_range(lo, hi, step, b).map(Some);
         }
         if is_letter(lo) && is_letter(hi) {
             return Ok(Some(char_range(lo, hi, step)));
         }
     }
-    expand_sequence(expr, whole)
+    expand_sequence(expr, b)
 }
 
 /// Splits `lo..hi` or `lo..hi..step` (the step may carry a `-`, which is ignored).
@@ -166,15 +196,16 @@ fn is_letter(s: &str) -> bool {
     s.len() == 1 && s.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
-fn int_range(lo: &str, hi: &str, step: usize, whole: &str) -> Result<Vec<String>, DataError> {
+fn int_range(lo: &str, hi: &str, step: usize, budget: &Budget<'_>) -> Result<Vec<String>, DataError> {
     let padded = [lo, hi].iter().any(|s| *s != "0" && *s != "-0" && (s.starts_with('0') || s.starts_with("-0")));
     let width = if padded { lo.len().max(hi.len()) } else { 0 };
-    let parse = |s: &str| s.parse::<i128>().map_err(|_| pattern_error(whole, format!("range bound {s} is too large")));
+    let parse = |s: &str| s.parse::<i128>().map_err(|_| pattern_error(budget.whole, format!("range bound {s} is too large")));
     let (a, b) = (parse(lo)?, parse(hi)?);
     let count = (a.abs_diff(b) / step as u128).saturating_add(1);
     if count > MAX_EXPANSION as u128 {
-        return Err(too_many(whole));
+        return Err(too_many(budget.whole));
     }
+    budget.charge(count as usize, count as usize * (lo.len().max(hi.len()).max(width) + 1))?;
     let step = step as i128;
     let values = (0..count as i128).map(|i| if a < b { a + i * step } else { a - i * step });
     Ok(values.map(|v| format!("{v:0width$}")).collect())
@@ -191,7 +222,7 @@ fn char_range(lo: &str, hi: &str, step: usize) -> Vec<String> {
 }
 
 /// `parse_sequence`: a comma list at depth 0, or `None` when there is no comma.
-fn expand_sequence(seq: &[char], whole: &str) -> Result<Option<Vec<String>>, DataError> {
+fn expand_sequence(seq: &[char], b: &Budget<'_>) -> Result<Option<Vec<String>>, DataError> {
     let (mut start, mut pos, mut depth) = (0usize, 0usize, 0i64);
     let mut out: Vec<String> = Vec::new();
     let mut found_comma = false;
@@ -204,8 +235,8 @@ fn expand_sequence(seq: &[char], whole: &str) -> Result<Option<Vec<String>>, Dat
             '{' => depth += 1,
             '}' => depth -= 1,
             ',' if depth == 0 => {
-                out.extend(expand_pattern(&seq[start..pos], whole)?);
-                check_list(&out, whole)?;
+                out.extend(expand_pattern(&seq[start..pos], b)?);
+                check_list(&out, b)?;
                 found_comma = true;
                 start = pos + 1;
             }
@@ -216,18 +247,18 @@ fn expand_sequence(seq: &[char], whole: &str) -> Result<Option<Vec<String>>, Dat
     if depth != 0 || !found_comma {
         return Ok(None);
     }
-    out.extend(expand_pattern(&seq[start.min(seq.len())..], whole)?);
-    check_list(&out, whole)?;
+    out.extend(expand_pattern(&seq[start.min(seq.len())..], b)?);
+    check_list(&out, b)?;
     Ok(Some(out))
 }
 
 /// The limits, checked after each alternative of a comma list is added.
-fn check_list(out: &[String], whole: &str) -> Result<(), DataError> {
+fn check_list(out: &[String], b: &Budget<'_>) -> Result<(), DataError> {
     if out.len() > MAX_EXPANSION {
-        return Err(too_many(whole));
+        return Err(too_many(b.whole));
     }
     if out.iter().map(String::len).sum::<usize>() > MAX_EXPANSION_BYTES {
-        return Err(too_long(whole));
+        return Err(too_long(b.whole));
     }
     Ok(())
 }
