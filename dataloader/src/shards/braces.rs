@@ -199,7 +199,8 @@ fn is_letter(s: &str) -> bool {
 fn int_range(lo: &str, hi: &str, step: usize, budget: &Budget<'_>) -> Result<Vec<String>, DataError> {
     let padded = [lo, hi].iter().any(|s| *s != "0" && *s != "-0" && (s.starts_with('0') || s.starts_with("-0")));
     let width = if padded { lo.len().max(hi.len()) } else { 0 };
-    let parse = |s: &str| s.parse::<i128>().map_err(|_| pattern_error(budget.whole, format!("range bound {s} is too large")));
+    let parse =
+        |s: &str| s.parse::<i128>().map_err(|_| pattern_error(budget.whole, format!("range bound {s} is too large")));
     let (a, b) = (parse(lo)?, parse(hi)?);
     let count = (a.abs_diff(b) / step as u128).saturating_add(1);
     if count > MAX_EXPANSION as u128 {
