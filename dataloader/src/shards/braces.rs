@@ -227,6 +227,20 @@ fn expand_sequence(seq: &[char], b: &Budget<'_>) -> Result<Option<Vec<String>>, 
     let (mut start, mut pos, mut depth) = (0usize, 0usize, 0i64);
     let mut out: Vec<String> = Vec::new();
     let mut found_comma = false;
+    // The limits on the result, checked as each alternative is added (its bytes counted once).
+    let mut bytes = 0usize;
+    let mut add = |out: &mut Vec<String>, part: &[char]| -> Result<(), DataError> {
+        let values = expand_pattern(part, b)?;
+        bytes += values.iter().map(String::len).sum::<usize>();
+        out.extend(values);
+        if out.len() > MAX_EXPANSION {
+            return Err(too_many(b.whole));
+        }
+        if bytes > MAX_EXPANSION_BYTES {
+            return Err(too_long(b.whole));
+        }
+        Ok(())
+    };
     while pos < seq.len() {
         match seq[pos] {
             '\\' => {
@@ -236,8 +250,7 @@ fn expand_sequence(seq: &[char], b: &Budget<'_>) -> Result<Option<Vec<String>>, 
             '{' => depth += 1,
             '}' => depth -= 1,
             ',' if depth == 0 => {
-                out.extend(expand_pattern(&seq[start..pos], b)?);
-                check_list(&out, b)?;
+                add(&mut out, &seq[start..pos])?;
                 found_comma = true;
                 start = pos + 1;
             }
@@ -248,20 +261,8 @@ fn expand_sequence(seq: &[char], b: &Budget<'_>) -> Result<Option<Vec<String>>, 
     if depth != 0 || !found_comma {
         return Ok(None);
     }
-    out.extend(expand_pattern(&seq[start.min(seq.len())..], b)?);
-    check_list(&out, b)?;
+    add(&mut out, &seq[start.min(seq.len())..])?;
     Ok(Some(out))
-}
-
-/// The limits, checked after each alternative of a comma list is added.
-fn check_list(out: &[String], b: &Budget<'_>) -> Result<(), DataError> {
-    if out.len() > MAX_EXPANSION {
-        return Err(too_many(b.whole));
-    }
-    if out.iter().map(String::len).sum::<usize>() > MAX_EXPANSION_BYTES {
-        return Err(too_long(b.whole));
-    }
-    Ok(())
 }
 
 /// Removes the escaping backslashes, as `re.sub(r'\\(.)', r'\1', s)`.
