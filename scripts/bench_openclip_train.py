@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--loss", default="clip", choices=["clip", "siglip"])
     ap.add_argument("--lock-image", action="store_true", help="model.lock_image_tower(), as open_clip_train's --lock-image")
     ap.add_argument("--lock-text", action="store_true", help="model.lock_text_tower(), as open_clip_train's --lock-text")
+    ap.add_argument("--grad-checkpointing", action="store_true",
+                    help="model.set_grad_checkpointing(), as open_clip_train's --grad-checkpointing")
     a = ap.parse_args()
     if a.batch_size < 1 or a.steps < 1 or a.warmup < 0:
         ap.error("--batch-size and --steps must be >= 1 and --warmup >= 0")
@@ -106,6 +108,8 @@ def main():
         model.lock_image_tower()
     if a.lock_text:
         model.lock_text_tower()
+    if a.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     opt, fused = make_optimizer(model, a.lr, a.weight_decay)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "amp_bf16" \
         else contextlib.nullcontext

@@ -361,6 +361,13 @@ pub(crate) struct BenchTrainArgs {
     /// Lock the text tower; the reference locks it too.
     #[arg(long)]
     pub(crate) lock_text: bool,
+    /// FLIP patch dropout of the ViT image tower in training, in [0, 1) (OpenCLIP's
+    /// `--force-patch-dropout`); the reference gets the same model config.
+    #[arg(long, value_name = "P")]
+    pub(crate) force_patch_dropout: Option<f64>,
+    /// Gradient checkpointing of both towers; the reference checkpoints too.
+    #[arg(long)]
+    pub(crate) grad_checkpointing: bool,
     /// Peak FLOP/s of the device in TFLOP/s, for the MFU figure. Default: NVIDIA's datasheet
     /// figure for the card and precision (printed with its source); none on the CPU.
     #[arg(long, value_name = "TFLOPS")]

@@ -16,6 +16,7 @@ use crate::model::{l2_normalize, Clip};
 /// Batches are read one at a time, so a caller that decodes them lazily holds one batch of
 /// images at a time; the first error of `batches` is returned.
 pub fn embed_images<E>(model: &Clip, batches: impl IntoIterator<Item = Result<ImageBatch, E>>) -> Result<Tensor, E> {
+    let _eval = model.eval_mode();
     let mut chunks = Vec::new();
     for batch in batches {
         let batch = batch?;
@@ -30,6 +31,7 @@ pub fn embed_images<E>(model: &Clip, batches: impl IntoIterator<Item = Result<Im
 /// # Shapes
 /// n captions → [n, embed_dim] float32 on the CPU.
 pub fn embed_texts(model: &Clip, tokenizer: &dyn Tokenizer, captions: &[&str], batch_size: usize) -> Tensor {
+    let _eval = model.eval_mode();
     let ctx = model.config().text_cfg.context_length;
     let chunks: Vec<Tensor> = captions
         .chunks(batch_size.max(1))

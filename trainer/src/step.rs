@@ -30,7 +30,7 @@ use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::loss::blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
 use crate::loss::ContrastiveBatch;
-use crate::model::Clip;
+use crate::model::{Clip, SampleKeys};
 use crate::precision::Precision;
 
 /// Time spent in the step's collectives, in seconds.
@@ -150,10 +150,24 @@ impl ContrastiveStep<'_> {
         let slice = |t: &Tensor, j: i64| t.narrow(0, j * micro, micro);
         let mut times = CollectiveTimes::default();
 
-        // 1. Features: with a graph to reuse when there is one micro-batch, else cached without.
+        // Patch dropout draws by the sample's row in the global batch, so that every split of
+        // the batch over ranks and micro-batches draws the same patches for the same sample.
+        let first_row = self.group.rank() as i64 * b;
+        let set_keys = |j: i64| {
+            model.set_sample_keys(Some(SampleKeys {
+                seed: replay.seed,
+                step: replay.step,
+                first_row: first_row + j * micro,
+            }))
+        };
+        let checkpointed = model.grad_checkpointing();
+
+        // 1. Features: with a graph to reuse when there is one micro-batch (and no gradient
+        // checkpointing), else cached without.
         let mut kept = None;
-        let (image_local, text_local) = if accum == 1 {
+        let (image_local, text_local) = if accum == 1 && !checkpointed {
             replay.seed_micro(0);
+            set_keys(0);
             let (fi, ft) = self.precision.forward(|| model.forward(&model_input(images), tokens));
             let detached = (fi.detach(), ft.detach());
             kept = Some((fi, ft));
@@ -164,6 +178,7 @@ impl ContrastiveStep<'_> {
             tch::no_grad(|| {
                 for j in 0..accum {
                     replay.seed_micro(j);
+                    set_keys(j);
                     let (fi, ft) =
                         self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
                     fis.push(fi);
@@ -221,12 +236,24 @@ impl ContrastiveStep<'_> {
             None => {
                 for j in 0..accum {
                     replay.seed_micro(j);
+                    set_keys(j);
+                    if checkpointed {
+                        model.backward_checkpointed(
+                            self.precision,
+                            &model_input(&slice(images, j)),
+                            &slice(tokens, j),
+                            &slice(&g_image, j),
+                            &slice(&g_text, j),
+                        );
+                        continue;
+                    }
                     let (fi, ft) =
                         self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
                     backward_through_towers(surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)));
                 }
             }
         }
+        model.set_sample_keys(None);
         // θ (s = exp θ, so ∂/∂θ = s·∂/∂s) and β, through the same autograd accumulation.
         let theta = model.logit_scale();
         let mut scalars = theta.exp() * grads.grad_logit_scale.detach().to_kind(theta.kind());
@@ -290,12 +317,12 @@ pub fn all_reduce_gradients(group: &dyn ProcessGroup, params: &[(String, Tensor)
     Ok(())
 }
 
-/// Copies rank 0's parameters to every rank.
+/// Copies rank 0's parameters and batch-norm statistics to every rank.
 pub fn broadcast_parameters(group: &dyn ProcessGroup, model: &Clip) -> Result<()> {
     if group.world_size() == 1 {
         return Ok(());
     }
-    for (_, p) in model.named_parameters() {
+    for (_, p) in model.state_dict().into_iter().filter(|(_, p)| p.is_floating_point()) {
         // A flat view of the same storage (0-dim parameters such as θ included).
         let mut flat = p.view([-1]);
         group.broadcast(&mut flat, 0)?;

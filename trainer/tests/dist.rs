@@ -141,6 +141,23 @@ fn gradient_caching_equals_one_pass() {
     assert_gradients_match(2, &["clip", "8", "4", "3", "5"]);
 }
 
+/// Patch dropout (FLIP): each sample keeps the patches drawn for its row of the global batch,
+/// so 2 ranks (and gradient caching) give one process's gradients over the same samples.
+#[test]
+fn patch_dropout_gradients_of_2_ranks_equal_one_process() {
+    assert_gradients_match(2, &["clip", "8", "1", "--patch-dropout", "0.5"]);
+    assert_gradients_match(2, &["siglip", "8", "2", "--patch-dropout", "0.75"]);
+}
+
+/// Gradient checkpointing (with patch dropout, across 2 ranks and micro-batches) gives the
+/// gradients of one process's plain autograd.
+#[test]
+fn grad_checkpointing_gradients_of_2_ranks_equal_one_process() {
+    assert_gradients_match(1, &["clip", "8", "1", "--grad-checkpointing"]);
+    assert_gradients_match(2, &["clip", "8", "1", "--grad-checkpointing"]);
+    assert_gradients_match(2, &["siglip", "8", "4", "--grad-checkpointing", "--patch-dropout", "0.5"]);
+}
+
 /// The tcp backend: 3 processes started by nothing but torchrun's variables pass the same
 /// collective checks as MPI.
 #[test]

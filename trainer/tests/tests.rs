@@ -9,3 +9,4 @@ mod dist;
 mod loss_parity;
 mod metrics;
 mod parity;
+mod resnet_parity;

@@ -41,6 +41,8 @@ fn bench_config(args: &BenchTrainArgs) -> TrainConfig {
         seed: args.seed,
         lock_image: args.lock_image,
         lock_text: args.lock_text,
+        force_patch_dropout: args.force_patch_dropout,
+        grad_checkpointing: args.grad_checkpointing,
         ..TrainConfig::default()
     }
 }
@@ -82,6 +84,9 @@ fn run_reference(
     }
     if cfg.lock_text {
         ref_args.push("--lock-text".into());
+    }
+    if cfg.grad_checkpointing {
+        ref_args.push("--grad-checkpointing".into());
     }
     let result = reference::run_json(python, "bench_openclip_train.py", &ref_args, "samples_per_second");
     let _ = std::fs::remove_file(&cfg_path);

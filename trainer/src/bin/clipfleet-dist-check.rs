@@ -71,7 +71,23 @@ fn run(backend: &str) -> Result<String, String> {
 }
 
 fn grads(args: &[String]) -> Result<String, String> {
-    let usage = || "usage: clipfleet-dist-check grads clip|siglip LOCAL_BATCH ACCUM [ROWS COLS]".to_string();
+    let usage = || {
+        "usage: clipfleet-dist-check grads clip|siglip LOCAL_BATCH ACCUM [ROWS COLS] [--patch-dropout P] [--grad-checkpointing]"
+            .to_string()
+    };
+    let mut options = gradient_check::CheckOptions::default();
+    let mut positional = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--patch-dropout" => {
+                options.patch_dropout = it.next().and_then(|p| p.parse().ok()).ok_or_else(usage)?;
+            }
+            "--grad-checkpointing" => options.grad_checkpointing = true,
+            _ => positional.push(arg.clone()),
+        }
+    }
+    let args = &positional;
     let loss = match args.first().map(String::as_str) {
         Some("clip") => LossKind::Clip,
         Some("siglip") => LossKind::Siglip,
@@ -88,10 +104,10 @@ fn grads(args: &[String]) -> Result<String, String> {
     let world = dist::env::detect_from_env().map_err(|e| e.to_string())?;
     let backend = if world.mode == LaunchMode::Mpi { Backend::Mpi } else { Backend::Single };
     let group = dist::init(backend, &world).map_err(|e| e.to_string())?;
-    let r =
-        gradient_check::check_gradients(group.as_ref(), loss, local_batch, accum, blocks).map_err(|e| e.to_string())?;
+    let r = gradient_check::check_gradients(group.as_ref(), loss, local_batch, accum, blocks, options)
+        .map_err(|e| e.to_string())?;
     Ok(format!(
-        "rank {} of {}: {loss:?} b={local_batch} k={accum}: max relative gradient error {:.3e} over {} tensors; loss {:.8} vs one-process {:.8}",
+        "rank {} of {}: {loss:?} b={local_batch} k={accum} {options:?}: max relative gradient error {:.3e} over {} tensors; loss {:.8} vs one-process {:.8}",
         group.rank(),
         group.world_size(),
         r.max_relative_error,

@@ -27,7 +27,8 @@ use crate::model::{ClipConfig, PRESET_NAMES};
 use crate::optim::{AdamWConfig, LrScheduler};
 
 declare_train_config! {
-    /// `tiny`, `small`, `ViT-B-32`, `ViT-B-16`, `ViT-L-14` ([presets](#built-in-presets)); ignored when
+    /// `tiny`, `tiny-rn`, `small`, `ViT-B-32`, `ViT-B-16`, `ViT-L-14`, `RN50`, `RN101`, `RN50x4`, `RN50x16`, `RN50x64`
+    /// ([presets](#built-in-presets)); ignored when
     /// `model_config` is set
     [value_name = "NAME"] model: plain String = "tiny".into();
     /// an OpenCLIP model-config JSON file ([format](#model-config-json))
@@ -43,12 +44,20 @@ declare_train_config! {
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] lock_image: plain bool = false;
     /// ≥ 0; with `lock_image`, leave this many of the image tower's last layer groups trainable
     [value_name = "N"] lock_image_unlocked_groups: plain i64 = 0;
-    /// freeze BatchNorm running statistics of a locked image tower (OpenCLIP's flag; ViTs have none)
+    /// with `lock_image`, a ResNet image tower's batch norm uses its running statistics in training too,
+    /// and leaves them as they are (OpenCLIP's flag; ViTs have no batch norm)
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] lock_image_freeze_bn_stats: plain bool = false;
     /// lock the text tower (OpenCLIP's `--lock-text`)
     [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] lock_text: plain bool = false;
     /// ≥ 0; with `lock_text`, leave this many of the text tower's last layer groups trainable
     [value_name = "N"] lock_text_unlocked_layers: plain i64 = 0;
+    /// in [0, 1); FLIP patch dropout for the ViT image tower in training, overriding the model config's
+    /// `patch_dropout` (OpenCLIP's `--force-patch-dropout`; 0 turns it off). Evaluation sees every patch
+    /// ([patch dropout](models.md#patch-dropout))
+    [value_name = "P"] force_patch_dropout: optional f64 = None;
+    /// recompute each transformer block's (or ResNet block's) activations in the backward pass instead of
+    /// keeping them (OpenCLIP's `--grad-checkpointing`): less memory, one more forward pass, same gradients
+    [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"] grad_checkpointing: plain bool = false;
     /// ≥ 1; pairs per micro-batch per worker (OpenCLIP's `--batch-size`). A step's global batch is
     /// `batch_size × accum_freq × world_size`
     [value_name = "N"] batch_size: plain i64 = 128;
@@ -273,7 +282,23 @@ impl TrainConfig {
     /// The model config: the JSON file if given, else the preset; with `loss = "siglip"`, a
     /// config without a logit bias gets OpenCLIP's SigLIP initial scale and bias.
     pub fn model_config(&self) -> Result<ClipConfig> {
-        let cfg = crate::model::resolve_model(Some(&self.model), self.model_config.as_deref())?;
+        let mut cfg = crate::model::resolve_model(Some(&self.model), self.model_config.as_deref())?;
+        if let Some(p) = self.force_patch_dropout {
+            if cfg.is_resnet() && p > 0.0 {
+                return Err(
+                    ConfigError::invalid("force_patch_dropout", p, "0 or unset for a ResNet image tower").into()
+                );
+            }
+            cfg.vision_cfg.patch_dropout = p;
+        }
+        if cfg.is_resnet() && self.lock_image_unlocked_groups > 0 {
+            return Err(ConfigError::invalid(
+                "lock_image_unlocked_groups",
+                self.lock_image_unlocked_groups,
+                "0 for a ResNet image tower (OpenCLIP locks it whole)",
+            )
+            .into());
+        }
         Ok(match self.loss {
             LossKind::Siglip if cfg.init_logit_bias.is_none() => cfg.with_siglip_init(),
             _ => cfg,
@@ -433,6 +458,11 @@ impl TrainConfig {
             }
             if value > 0 && !lock {
                 return Err(ConfigError::invalid(key, value, format!("0 unless {lock_key} = true")));
+            }
+        }
+        if let Some(p) = self.force_patch_dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(ConfigError::invalid("force_patch_dropout", p, "a number in [0, 1)"));
             }
         }
         if self.lock_image_freeze_bn_stats && !self.lock_image {

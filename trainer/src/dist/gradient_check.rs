@@ -12,7 +12,7 @@ use crate::dist::ProcessGroup;
 use crate::error::{Result, TrainError};
 use crate::loss::blockwise::BlockSizes;
 use crate::loss::{clip_loss_global, siglip_loss, ContrastiveBatch};
-use crate::model::{Clip, ClipConfig};
+use crate::model::{Clip, ClipConfig, SampleKeys};
 use crate::step::{broadcast_parameters, ContrastiveStep, DeviceBatch, RngReplay};
 
 /// What the check measured on one rank.
@@ -28,6 +28,16 @@ pub struct GradientReport {
     pub reference_loss: f64,
 }
 
+/// Model options of the check: the distributed step runs with them, the one-process reference
+/// with plain autograd (the same patch-dropout draws, no checkpointing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// FLIP patch dropout in the image tower.
+    pub patch_dropout: f64,
+    /// Gradient checkpointing in the distributed step.
+    pub grad_checkpointing: bool,
+}
+
 /// Runs the check with `local_batch` pairs per rank in `accum` micro-batches, loss tiles of
 /// `blocks`, on the CPU.
 pub fn check_gradients(
@@ -36,11 +46,14 @@ pub fn check_gradients(
     local_batch: i64,
     accum: i64,
     blocks: BlockSizes,
+    options: CheckOptions,
 ) -> Result<GradientReport> {
     let device = Device::Cpu;
-    let config = tiny_config(loss);
+    let mut config = tiny_config(loss);
+    config.vision_cfg.patch_dropout = options.patch_dropout;
     tch::manual_seed(7);
     let model = Clip::new(&config, device)?;
+    model.set_grad_checkpointing(options.grad_checkpointing);
     broadcast_parameters(group, &model)?;
     let (rank, world) = (group.rank() as i64, group.world_size() as i64);
     let n = local_batch * world;
@@ -64,9 +77,12 @@ pub fn check_gradients(
         dist_grads.push(g.copy());
     }
 
-    // The reference: autograd through the one-process loss over all N pairs.
+    // The reference: autograd through the one-process loss over all N pairs, each sample
+    // keeping the patches it kept in the distributed step.
     zero_grads(&model);
+    model.set_sample_keys(Some(SampleKeys { seed: 3, step: 0, first_row: 0 }));
     let (fi, ft) = model.forward(&images, &tokens);
+    model.set_sample_keys(None);
     let scale = model.logit_scale().exp();
     let reference = match loss {
         LossKind::Clip => clip_loss_global(&fi, &ft, &scale),

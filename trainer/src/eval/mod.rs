@@ -123,6 +123,7 @@ pub fn evaluate(
     batch_size: i64,
     step: i64,
 ) -> Result<EvalReport> {
+    let _eval = model.eval_mode();
     let ctx = model.config().text_cfg.context_length as usize;
     let starts = (0..samples).step_by(batch_size.max(1) as usize);
     let batches = starts.map(|start| {
@@ -149,6 +150,7 @@ pub fn evaluate_shards(
     samples: i64,
     step: i64,
 ) -> Result<EvalReport> {
+    let _eval = model.eval_mode();
     let mut loader = Loader::new(cfg, store, Arc::clone(&tokenizer), None)?;
     let ctx = model.config().text_cfg.context_length as usize;
     let mut remaining = samples.max(0) as usize;
@@ -183,6 +185,7 @@ pub fn evaluate_batches(
     tokenizer: &dyn Tokenizer,
     step: i64,
 ) -> Result<EvalReport> {
+    let _eval = model.eval_mode();
     let device = model.device();
     let ctx = model.config().text_cfg.context_length;
     tch::no_grad(|| {

@@ -329,6 +329,7 @@ pub fn build_classifier(
     classnames: &[String],
     templates: &[String],
 ) -> Tensor {
+    let _eval = model.eval_mode();
     let ctx = model.config().text_cfg.context_length as usize;
     tch::no_grad(|| {
         let rows: Vec<Tensor> = classnames
@@ -370,6 +371,7 @@ pub fn evaluate_zero_shot(
     batch_size: usize,
     predictions: Option<&Path>,
 ) -> Result<ZeroShotReport> {
+    let _eval = model.eval_mode();
     let classifier = build_classifier(model, tokenizer, &set.classnames, templates);
     let classes = set.classnames.len() as i64;
     let k = classes.min(5);

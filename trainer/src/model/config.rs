@@ -16,24 +16,37 @@ pub const SIGLIP_INIT_LOGIT_SCALE: f64 = std::f64::consts::LN_10;
 /// OpenCLIP's initial SigLIP logit bias, β = −10.
 pub const SIGLIP_INIT_LOGIT_BIAS: f64 = -10.0;
 
-/// The image tower: a ViT (`open_clip.transformer.VisionTransformer`).
+/// The depth of the image tower, as OpenCLIP's `vision_cfg.layers`: a number of residual
+/// attention blocks makes a ViT, a list of four stage depths a `ModifiedResNet`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VisionLayers {
+    /// Residual attention blocks of a ViT.
+    Blocks(i64),
+    /// Bottleneck blocks in each of a ModifiedResNet's four stages, e.g. `[3, 4, 6, 3]` (RN50).
+    Stages(Vec<i64>),
+}
+
+/// The image tower: a ViT (`open_clip.transformer.VisionTransformer`) or, when `layers` is a
+/// list, a ResNet (`open_clip.modified_resnet.ModifiedResNet`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisionConfig {
     /// Input resolution in pixels (square).
     pub image_size: i64,
-    /// Number of residual attention blocks.
-    pub layers: i64,
-    /// Token width.
+    /// Residual attention blocks (ViT), or the four stage depths (ResNet).
+    pub layers: VisionLayers,
+    /// Token width (ViT), or the stem's width (ResNet: the last stage is 32× wider).
     pub width: i64,
-    /// Width of one attention head; heads = width / head_width.
+    /// Width of one attention head; heads = width / head_width (ViT), or width · 32 /
+    /// head_width in a ResNet's attention pool.
     #[serde(default = "default_head_width")]
     pub head_width: i64,
     /// MLP hidden width as a multiple of `width`.
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
-    /// Patch side in pixels.
-    pub patch_size: i64,
+    /// Patch side in pixels (ViT); `null` for a ResNet.
+    pub patch_size: Option<i64>,
     /// Apply `ln_post` after pooling instead of before (OpenCLIP `final_ln_after_pool`).
     #[serde(default)]
     pub final_ln_after_pool: bool,
@@ -46,7 +59,8 @@ pub struct VisionConfig {
     /// Layer-scale init; only `null` (no layer scale) is implemented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ls_init_value: Option<f64>,
-    /// Patch dropout probability; only 0 is implemented.
+    /// FLIP patch dropout: the fraction of patch tokens dropped per sample in training (ViT
+    /// only; the class token is kept), in [0, 1).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub patch_dropout: f64,
 }
@@ -152,17 +166,56 @@ fn default_text_layers() -> i64 {
 }
 
 /// Names of the built-in presets, in the order `--help` lists them.
-pub const PRESET_NAMES: &[&str] = &["tiny", "small", "ViT-B-32", "ViT-B-16", "ViT-L-14"];
+pub const PRESET_NAMES: &[&str] =
+    &["tiny", "tiny-rn", "small", "ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"];
 
 impl VisionConfig {
-    /// Number of attention heads.
+    /// Number of attention heads: of each block (ViT), or of the attention pool (ResNet).
     pub fn heads(&self) -> i64 {
-        self.width / self.head_width
+        match self.layers {
+            VisionLayers::Blocks(_) => self.width / self.head_width,
+            VisionLayers::Stages(_) => self.width * 32 / self.head_width,
+        }
     }
 
-    /// Patches per side.
+    /// The four stage depths when the tower is a ResNet.
+    pub fn resnet_stages(&self) -> Option<&[i64]> {
+        match &self.layers {
+            VisionLayers::Stages(stages) => Some(stages),
+            VisionLayers::Blocks(_) => None,
+        }
+    }
+
+    /// Residual attention blocks of a ViT; 0 for a ResNet.
+    pub fn blocks(&self) -> i64 {
+        match self.layers {
+            VisionLayers::Blocks(n) => n,
+            VisionLayers::Stages(_) => 0,
+        }
+    }
+
+    /// The ViT's patch side (1 for a ResNet, which `validate` guarantees has none).
+    pub fn patch(&self) -> i64 {
+        self.patch_size.unwrap_or(1)
+    }
+
+    /// Patches per side (ViT), or the attention pool's grid side (ResNet: image_size / 32).
     pub fn grid_size(&self) -> i64 {
-        self.image_size / self.patch_size
+        match self.layers {
+            VisionLayers::Blocks(_) => self.image_size / self.patch(),
+            VisionLayers::Stages(_) => self.image_size / 32,
+        }
+    }
+
+    /// Patch tokens a ViT keeps in training under patch dropout (OpenCLIP's `PatchDropout`:
+    /// `max(1, int(patches · (1 − p)))`); all of them when `patch_dropout` is 0.
+    pub fn patches_kept(&self) -> i64 {
+        let patches = self.grid_size() * self.grid_size();
+        if self.patch_dropout > 0.0 {
+            ((patches as f64 * (1.0 - self.patch_dropout)) as i64).max(1)
+        } else {
+            patches
+        }
     }
 }
 
@@ -189,11 +242,11 @@ impl ClipConfig {
     fn vit(image_size: i64, layers: i64, width: i64, patch_size: i64) -> VisionConfig {
         VisionConfig {
             image_size,
-            layers,
+            layers: VisionLayers::Blocks(layers),
             width,
             head_width: 64,
             mlp_ratio: 4.0,
-            patch_size,
+            patch_size: Some(patch_size),
             final_ln_after_pool: false,
             no_ln_pre: false,
             pool_type: default_vision_pool(),
@@ -221,6 +274,46 @@ impl ClipConfig {
         Self::with_towers(768, Self::vit(224, 24, 1024, 14), Self::openai_text(768, 12))
     }
 
+    /// OpenCLIP's ModifiedResNet image tower.
+    fn resnet(image_size: i64, stages: [i64; 4], width: i64) -> VisionConfig {
+        VisionConfig {
+            layers: VisionLayers::Stages(stages.to_vec()),
+            patch_size: None,
+            ..Self::vit(image_size, 0, width, 1)
+        }
+    }
+
+    /// OpenCLIP `RN50`: stages [3, 4, 6, 3], 224 px, 1024-d embeddings.
+    pub fn rn50() -> Self {
+        Self::with_towers(1024, Self::resnet(224, [3, 4, 6, 3], 64), Self::openai_text(512, 8))
+    }
+
+    /// OpenCLIP `RN101`.
+    pub fn rn101() -> Self {
+        Self::with_towers(512, Self::resnet(224, [3, 4, 23, 3], 64), Self::openai_text(512, 8))
+    }
+
+    /// OpenCLIP `RN50x4`.
+    pub fn rn50x4() -> Self {
+        Self::with_towers(640, Self::resnet(288, [4, 6, 10, 6], 80), Self::openai_text(640, 10))
+    }
+
+    /// OpenCLIP `RN50x16`.
+    pub fn rn50x16() -> Self {
+        Self::with_towers(768, Self::resnet(384, [6, 8, 18, 8], 96), Self::openai_text(768, 12))
+    }
+
+    /// OpenCLIP `RN50x64`.
+    pub fn rn50x64() -> Self {
+        Self::with_towers(1024, Self::resnet(448, [3, 15, 36, 10], 128), Self::openai_text(1024, 16))
+    }
+
+    /// A CPU-sized ResNet CLIP for the synthetic data: 64 px images, stages [1, 1, 1, 1] of
+    /// stem width 16, and `tiny`'s text tower.
+    pub fn tiny_rn() -> Self {
+        Self::with_towers(128, Self::resnet(64, [1, 1, 1, 1], 16), Self::synthetic_text(128, 2, 3))
+    }
+
     /// A CPU-sized model for the synthetic data: 64 px images in 8 px patches, 3×128 towers,
     /// and the 512-word synthetic vocabulary with 32-token captions.
     pub fn tiny() -> Self {
@@ -245,6 +338,12 @@ impl ClipConfig {
             "ViT-B-32" => Ok(Self::vit_b_32()),
             "ViT-B-16" => Ok(Self::vit_b_16()),
             "ViT-L-14" => Ok(Self::vit_l_14()),
+            "tiny-rn" => Ok(Self::tiny_rn()),
+            "RN50" => Ok(Self::rn50()),
+            "RN101" => Ok(Self::rn101()),
+            "RN50x4" => Ok(Self::rn50x4()),
+            "RN50x16" => Ok(Self::rn50x16()),
+            "RN50x64" => Ok(Self::rn50x64()),
             other => Err(ConfigError::invalid("model", other, PRESET_NAMES.join(", "))),
         }
     }
@@ -263,13 +362,12 @@ impl ClipConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let v = &self.vision_cfg;
         let t = &self.text_cfg;
+        self.validate_image_tower()?;
         let positive = [
             ("embed_dim", self.embed_dim),
             ("vision_cfg.image_size", v.image_size),
-            ("vision_cfg.layers", v.layers),
             ("vision_cfg.width", v.width),
             ("vision_cfg.head_width", v.head_width),
-            ("vision_cfg.patch_size", v.patch_size),
             ("text_cfg.context_length", t.context_length),
             ("text_cfg.vocab_size", t.vocab_size),
             ("text_cfg.width", t.width),
@@ -280,20 +378,6 @@ impl ClipConfig {
             if value < 1 {
                 return Err(ConfigError::invalid(key, value, "an integer >= 1"));
             }
-        }
-        if v.width % v.head_width != 0 {
-            return Err(ConfigError::invalid(
-                "vision_cfg.width",
-                v.width,
-                format!("a multiple of vision_cfg.head_width ({})", v.head_width),
-            ));
-        }
-        if v.image_size % v.patch_size != 0 {
-            return Err(ConfigError::invalid(
-                "vision_cfg.image_size",
-                v.image_size,
-                format!("a multiple of vision_cfg.patch_size ({})", v.patch_size),
-            ));
         }
         if t.width % t.heads != 0 {
             return Err(ConfigError::invalid(
@@ -319,11 +403,81 @@ impl ClipConfig {
         if t.ls_init_value.is_some() {
             return Err(ConfigError::invalid("text_cfg.ls_init_value", "set", "null"));
         }
-        if v.patch_dropout != 0.0 {
-            return Err(ConfigError::invalid("vision_cfg.patch_dropout", v.patch_dropout, "0"));
-        }
         if t.proj_bias {
             return Err(ConfigError::invalid("text_cfg.proj_bias", true, "false"));
+        }
+        Ok(())
+    }
+
+    /// The image tower's own checks: a ViT's patches and heads, a ResNet's stages.
+    fn validate_image_tower(&self) -> Result<(), ConfigError> {
+        let v = &self.vision_cfg;
+        if !(0.0..1.0).contains(&v.patch_dropout) {
+            return Err(ConfigError::invalid("vision_cfg.patch_dropout", v.patch_dropout, "a number in [0, 1)"));
+        }
+        match &v.layers {
+            VisionLayers::Blocks(layers) => {
+                if *layers < 1 {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.layers",
+                        layers,
+                        "an integer >= 1, or 4 stage depths",
+                    ));
+                }
+                let Some(patch) = v.patch_size.filter(|p| *p >= 1) else {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.patch_size",
+                        format!("{:?}", v.patch_size),
+                        "an integer >= 1 for a ViT",
+                    ));
+                };
+                if v.head_width < 1 || v.width % v.head_width != 0 {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.width",
+                        v.width,
+                        format!("a multiple of vision_cfg.head_width ({})", v.head_width),
+                    ));
+                }
+                if v.image_size % patch != 0 {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.image_size",
+                        v.image_size,
+                        format!("a multiple of vision_cfg.patch_size ({patch})"),
+                    ));
+                }
+            }
+            VisionLayers::Stages(stages) => {
+                if stages.len() != 4 || stages.iter().any(|n| *n < 1) {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.layers",
+                        format!("{stages:?}"),
+                        "4 stage depths >= 1 (a ResNet), or one integer (a ViT)",
+                    ));
+                }
+                if v.patch_size.is_some() {
+                    return Err(ConfigError::invalid("vision_cfg.patch_size", "set", "null for a ResNet"));
+                }
+                if v.image_size < 32 || v.image_size % 32 != 0 {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.image_size",
+                        v.image_size,
+                        "a multiple of 32 for a ResNet",
+                    ));
+                }
+                if v.width < 2 || v.width % 2 != 0 || v.head_width < 1 || (v.width * 32) % v.head_width != 0 {
+                    return Err(ConfigError::invalid(
+                        "vision_cfg.width",
+                        v.width,
+                        format!(
+                            "an even number with width · 32 a multiple of vision_cfg.head_width ({})",
+                            v.head_width
+                        ),
+                    ));
+                }
+                if v.patch_dropout != 0.0 {
+                    return Err(ConfigError::invalid("vision_cfg.patch_dropout", v.patch_dropout, "0 for a ResNet"));
+                }
+            }
         }
         Ok(())
     }
@@ -340,6 +494,11 @@ impl ClipConfig {
     /// Number of image tokens, class token included.
     pub fn vision_tokens(&self) -> i64 {
         self.vision_cfg.grid_size() * self.vision_cfg.grid_size() + 1
+    }
+
+    /// Whether the image tower is a ModifiedResNet.
+    pub fn is_resnet(&self) -> bool {
+        self.vision_cfg.resnet_stages().is_some()
     }
 }
 
@@ -403,8 +562,26 @@ mod tests {
     #[test]
     fn unsupported_option_is_named() {
         let mut cfg = ClipConfig::tiny();
+        cfg.vision_cfg.patch_dropout = 1.0;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("vision_cfg.patch_dropout") && err.contains("[0, 1)"), "{err}");
+        let mut cfg = ClipConfig::rn50();
         cfg.vision_cfg.patch_dropout = 0.5;
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("vision_cfg.patch_dropout"), "{err}");
+        assert!(err.contains("vision_cfg.patch_dropout") && err.contains("ResNet"), "{err}");
+        cfg.vision_cfg.patch_dropout = 0.0;
+        cfg.vision_cfg.layers = VisionLayers::Stages(vec![3, 4, 6]);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("vision_cfg.layers"), "{err}");
+    }
+
+    /// OpenCLIP's RN*.json configs parse into the presets (`layers` a list, `patch_size` null).
+    #[test]
+    fn openclip_resnet_json_parses() {
+        let json = r#"{"embed_dim":1024,"vision_cfg":{"image_size":224,"layers":[3,4,6,3],"width":64,"patch_size":null},"text_cfg":{"context_length":77,"vocab_size":49408,"width":512,"heads":8,"layers":12}}"#;
+        let cfg: ClipConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(cfg, ClipConfig::rn50());
+        assert!(cfg.is_resnet());
+        assert_eq!((cfg.vision_cfg.heads(), cfg.vision_cfg.grid_size()), (32, 7));
     }
 }

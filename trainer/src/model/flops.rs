@@ -15,16 +15,66 @@ fn transformer_macs(tokens: f64, width: f64, layers: f64, mlp_ratio: f64) -> f64
     layers * (projections + attention + mlp)
 }
 
-/// Forward FLOPs of the image tower for one sample.
+/// Forward FLOPs of the image tower for one sample, in evaluation (all patches).
 pub fn image_flops(cfg: &ClipConfig) -> f64 {
     let v = &cfg.vision_cfg;
+    if let Some(stages) = v.resnet_stages() {
+        return 2.0 * resnet_macs(v.image_size as f64, stages, v.width as f64, cfg.embed_dim as f64);
+    }
     let patches = (v.grid_size() * v.grid_size()) as f64;
     let width = v.width as f64;
-    let patch_embed = patches * (3 * v.patch_size * v.patch_size) as f64 * width;
+    let patch_embed = patches * (3 * v.patch() * v.patch()) as f64 * width;
     let macs = patch_embed
-        + transformer_macs(patches + 1.0, width, v.layers as f64, v.mlp_ratio)
+        + transformer_macs(patches + 1.0, width, v.blocks() as f64, v.mlp_ratio)
         + width * cfg.embed_dim as f64;
     2.0 * macs
+}
+
+/// Forward FLOPs of the image tower for one training sample: under patch dropout the
+/// transformer sees only the kept patches (and the class token).
+pub fn image_train_flops(cfg: &ClipConfig) -> f64 {
+    let v = &cfg.vision_cfg;
+    if v.resnet_stages().is_some() || v.patch_dropout == 0.0 {
+        return image_flops(cfg);
+    }
+    let patches = (v.grid_size() * v.grid_size()) as f64;
+    let width = v.width as f64;
+    let patch_embed = patches * (3 * v.patch() * v.patch()) as f64 * width;
+    let macs = patch_embed
+        + transformer_macs(v.patches_kept() as f64 + 1.0, width, v.blocks() as f64, v.mlp_ratio)
+        + width * cfg.embed_dim as f64;
+    2.0 * macs
+}
+
+/// MACs of a ModifiedResNet over `size`² pixels: the convolutions (stem, bottlenecks and
+/// shortcuts) and the attention pool's projections, scores and values.
+fn resnet_macs(size: f64, stages: &[i64], width: f64, embed_dim: f64) -> f64 {
+    let conv = |res: f64, c_in: f64, c_out: f64, k: f64| res * res * c_in * c_out * k * k;
+    let half = size / 2.0;
+    let mut macs = conv(half, 3.0, width / 2.0, 3.0)
+        + conv(half, width / 2.0, width / 2.0, 3.0)
+        + conv(half, width / 2.0, width, 3.0);
+    let mut res = size / 4.0;
+    let mut inplanes = width;
+    for (i, &depth) in stages.iter().enumerate() {
+        let planes = width * f64::from(1u32 << i);
+        for j in 0..depth {
+            let stride = if i > 0 && j == 0 { 2.0 } else { 1.0 };
+            let out_res = res / stride;
+            macs += conv(res, inplanes, planes, 1.0)
+                + conv(res, planes, planes, 3.0)
+                + conv(out_res, planes, 4.0 * planes, 1.0);
+            if stride > 1.0 || inplanes != 4.0 * planes {
+                macs += conv(out_res, inplanes, 4.0 * planes, 1.0);
+            }
+            res = out_res;
+            inplanes = 4.0 * planes;
+        }
+    }
+    let tokens = res * res + 1.0;
+    let c = inplanes;
+    // q for the pooled token, k and v for every token, one query's scores and values, c_proj.
+    macs + c * c + 2.0 * tokens * c * c + 2.0 * tokens * c + c * embed_dim
 }
 
 /// Forward FLOPs of the text tower for one sample (all `context_length` positions).
@@ -36,9 +86,11 @@ pub fn text_flops(cfg: &ClipConfig) -> f64 {
     2.0 * macs
 }
 
-/// FLOPs of one training sample: forward plus backward, taken as 3× the forward pass.
+/// FLOPs of one training sample: forward plus backward, taken as 3× the forward pass (with
+/// the patches that patch dropout keeps). Gradient checkpointing's extra forward pass is
+/// not counted, as MFU conventionally leaves recomputation out.
 pub fn train_flops_per_sample(cfg: &ClipConfig) -> f64 {
-    3.0 * (image_flops(cfg) + text_flops(cfg))
+    3.0 * (image_train_flops(cfg) + text_flops(cfg))
 }
 
 #[cfg(test)]
@@ -60,5 +112,35 @@ mod tests {
         let l14 = ClipConfig::vit_l_14();
         let total = image_flops(&l14) + text_flops(&l14);
         assert!((total / 1e9 - 175.33).abs() < 0.1, "{}", total / 1e9);
+    }
+
+    /// ResNet towers against `torch.utils.flop_counter.FlopCounterMode` on OpenCLIP 3.3.0's
+    /// `encode_image` (one image; 2 FLOPs per multiply–accumulate): RN50 12.202459136 GFLOPs,
+    /// RN50x4 42.48836096. OpenCLIP's attention pool projects all T tokens as queries and
+    /// through `c_proj`, and keeps only the first; clipfleet projects the pooled token only.
+    /// The counter also leaves out the pool's scores and values, which clipfleet counts.
+    #[test]
+    fn resnet_flops_match_torch_flop_counter() {
+        for (cfg, torch_gflops) in [(ClipConfig::rn50(), 12.202459136), (ClipConfig::rn50x4(), 42.48836096)] {
+            let grid = cfg.vision_cfg.grid_size() as f64;
+            let (t, c, e) = (grid * grid + 1.0, 32.0 * cfg.vision_cfg.width as f64, cfg.embed_dim as f64);
+            let dropped_tokens = 2.0 * (t - 1.0) * (c * c + c * e);
+            let uncounted_attention = 2.0 * 2.0 * t * c;
+            let ours = image_flops(&cfg);
+            let as_torch_counts = ours + dropped_tokens - uncounted_attention;
+            assert!((as_torch_counts - torch_gflops * 1e9).abs() < 1e3, "{ours}: {as_torch_counts}");
+        }
+    }
+
+    /// Patch dropout at 0.5 halves the image transformer's tokens in training.
+    #[test]
+    fn patch_dropout_cuts_training_flops() {
+        let mut cfg = ClipConfig::vit_b_16();
+        let full = image_train_flops(&cfg);
+        cfg.vision_cfg.patch_dropout = 0.5;
+        assert_eq!(cfg.vision_cfg.patches_kept(), 98);
+        let dropped = image_train_flops(&cfg);
+        assert!(dropped < 0.55 * full && dropped > 0.45 * full, "{dropped} vs {full}");
+        assert_eq!(image_flops(&cfg), full);
     }
 }

@@ -38,8 +38,8 @@ impl LockSpec {
             Some(rest) => {
                 self.image
                     && !unlocked(
-                        image_group(rest, cfg.vision_cfg.layers),
-                        cfg.vision_cfg.layers,
+                        image_group(rest, cfg.vision_cfg.blocks()),
+                        cfg.vision_cfg.blocks(),
                         self.image_unlocked_groups,
                     )
             }

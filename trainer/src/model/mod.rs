@@ -4,9 +4,10 @@ pub mod clip;
 pub mod config;
 pub mod flops;
 pub mod lock;
+pub mod resnet;
 pub mod text;
 pub mod transformer;
 pub mod vision;
 
-pub use clip::{l2_normalize, Clip};
-pub use config::{resolve_model, ClipConfig, TextConfig, VisionConfig, PRESET_NAMES};
+pub use clip::{l2_normalize, Clip, ModeGuard, SampleKeys};
+pub use config::{resolve_model, ClipConfig, TextConfig, VisionConfig, VisionLayers, PRESET_NAMES};

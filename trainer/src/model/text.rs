@@ -74,21 +74,46 @@ impl TextTransformer {
     /// tower gives the same result for any L past every row's end-of-text token) →
     /// [batch, embed_dim].
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
+        let x = self.transformer.forward(&self.stem(tokens), self.causal);
+        self.head(&x, tokens)
+    }
+
+    /// Token and positional embeddings.
+    ///
+    /// # Shapes
+    /// `tokens`: [batch, L] → [batch, L, width].
+    pub fn stem(&self, tokens: &Tensor) -> Tensor {
         let len = tokens.size()[1];
         debug_assert!(
             self.causal || len == self.positional_embedding.size()[0],
             "only a causal tower takes trimmed rows"
         );
         let x = Tensor::embedding(&self.token_embedding, tokens, -1, false, false);
-        let x = x + self.positional_embedding.narrow(0, 0, len);
-        let x = self.transformer.forward(&x, self.causal);
+        x + self.positional_embedding.narrow(0, 0, len)
+    }
+
+    /// Residual attention blocks.
+    pub fn depth(&self) -> usize {
+        self.transformer.depth()
+    }
+
+    /// Residual attention block `i` (causal unless the config disables it).
+    pub fn block(&self, i: usize, x: &Tensor) -> Tensor {
+        self.transformer.block(i, x, self.causal)
+    }
+
+    /// `ln_final`, pooling at the end-of-text token, and the projection.
+    ///
+    /// # Shapes
+    /// `x`: [batch, L, width], `tokens`: [batch, L] → [batch, embed_dim].
+    pub fn head(&self, x: &Tensor, tokens: &Tensor) -> Tensor {
         let b = tokens.size()[0];
         let rows = Tensor::arange(b, (Kind::Int64, tokens.device()));
         let eot = tokens.argmax(-1, false);
         let pooled = if self.final_ln_after_pool {
             self.ln_final.forward(&x.index(&[Some(rows), Some(eot)]))
         } else {
-            self.ln_final.forward(&x).index(&[Some(rows), Some(eot)])
+            self.ln_final.forward(x).index(&[Some(rows), Some(eot)])
         };
         pooled.matmul(&self.text_projection)
     }

@@ -149,6 +149,16 @@ impl Transformer {
         Transformer { resblocks }
     }
 
+    /// Number of blocks.
+    pub fn depth(&self) -> usize {
+        self.resblocks.len()
+    }
+
+    /// Block `i` alone.
+    pub fn block(&self, i: usize, x: &Tensor, causal: bool) -> Tensor {
+        self.resblocks[i].forward(x, causal)
+    }
+
     /// # Shapes
     /// `x`: [batch, tokens, width] → [batch, tokens, width].
     pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {

@@ -70,6 +70,8 @@ impl<'g> Learner<'g> {
         tch::manual_seed(cfg.seed as i64);
         let mut model = Clip::new(model_cfg, device)?;
         model.set_parameter_kind(precision.parameter_kind());
+        model.set_freeze_bn_stats(cfg.lock_image && cfg.lock_image_freeze_bn_stats);
+        model.set_grad_checkpointing(cfg.grad_checkpointing);
         // Locked parameters get no gradient and no optimizer state.
         let lock = cfg.lock_spec();
         let (mut trainable, mut locked) = (Vec::new(), 0i64);
