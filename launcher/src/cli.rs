@@ -39,6 +39,12 @@ pub(crate) enum Command {
     Eval(EvalArgs),
     /// Embed images and/or captions with a checkpoint or OpenCLIP weights, into a safetensors file.
     Embed(EmbedArgs),
+    /// Masked image modelling, EVA-style: pretrain a ViT image tower by regressing a frozen CLIP
+    /// teacher's patch features at block-wise masked patches (cosine loss), on the synthetic data.
+    /// Writes `image_tower.safetensors`, which `train --pretrained` loads into a CLIP image tower.
+    ///
+    /// Example: `clipfleet mim --model tiny --teacher runs/try --steps 300 --output runs/mim`
+    Mim(MimArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -165,7 +171,7 @@ pub(crate) struct EvalArgs {
     /// model.safetensors), with --model or --model-config; zero-shot classification only.
     #[arg(long, value_name = "FILE.safetensors", requires = "zero_shot")]
     pub(crate) weights: Option<PathBuf>,
-    /// Built-in model preset of --weights (tiny, small, ViT-B-32, ViT-B-16, ViT-L-14).
+    /// Built-in model preset of --weights (tiny, tiny-rn, small, ViT-B-32, ViT-B-16, ViT-L-14, RN50, RN101, RN50x4, RN50x16, RN50x64).
     #[arg(long, requires = "weights", conflicts_with = "model_config")]
     pub(crate) model: Option<String>,
     /// An OpenCLIP model-config JSON file, for --weights.
@@ -208,7 +214,7 @@ pub(crate) struct EvalArgs {
 /// `clipfleet embed`.
 #[derive(Debug, Args)]
 pub(crate) struct EmbedArgs {
-    /// Built-in model preset (tiny, small, ViT-B-32, ViT-B-16, ViT-L-14).
+    /// Built-in model preset (tiny, tiny-rn, small, ViT-B-32, ViT-B-16, ViT-L-14, RN50, RN101, RN50x4, RN50x16, RN50x64).
     #[arg(long, conflicts_with = "model_config", required_unless_present = "model_config")]
     pub(crate) model: Option<String>,
     /// An OpenCLIP model-config JSON file.
@@ -235,6 +241,57 @@ pub(crate) struct EmbedArgs {
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub(crate) device: clipfleet_trainer::config::DeviceSpec,
+}
+
+/// `clipfleet mim`.
+#[derive(Debug, Args)]
+pub(crate) struct MimArgs {
+    /// The student's model preset (a ViT); its image tower is trained.
+    #[arg(long, default_value = "tiny", conflicts_with = "model_config")]
+    pub(crate) model: String,
+    /// The student's OpenCLIP model-config JSON file instead of a preset.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) model_config: Option<PathBuf>,
+    /// The frozen teacher: a clipfleet run, `checkpoints/` or `step_N/` folder (or object-store
+    /// URL), or a safetensors file of OpenCLIP weights (then `--teacher-model` says its model).
+    #[arg(long, value_name = "RUN|FILE")]
+    pub(crate) teacher: PathBuf,
+    /// The teacher's preset when `--teacher` is a safetensors file (default: `--model`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) teacher_model: Option<String>,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) steps: i64,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) batch_size: i64,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) warmup: i64,
+    /// AdamW weight decay (EVA-02's 0.05).
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) weight_decay: f64,
+    /// Fraction of each image's patches masked, in blocks (EVA-02's 0.4).
+    #[arg(long, default_value_t = 0.4)]
+    pub(crate) mask_ratio: f64,
+    /// Seed of the student's initialisation, the data and the masks.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Log the loss every N steps (and to OUTPUT/mim.jsonl).
+    #[arg(long, default_value_t = 20)]
+    pub(crate) log_every: i64,
+    /// Output folder.
+    #[arg(long, value_name = "DIR", default_value = "runs/mim")]
+    pub(crate) output: PathBuf,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: clipfleet_trainer::config::DeviceSpec,
+    /// libtorch intra-op threads (0: default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: i32,
 }
 
 #[derive(Debug, Subcommand)]

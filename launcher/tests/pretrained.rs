@@ -131,3 +131,65 @@ fn lit_keeps_the_image_tower_bitwise_and_trains_the_text_tower() {
     let out = run(&refs(&args(&tmp.path().join("bad"), 2, &config, &["--lock-text-unlocked-layers", "2"])));
     assert!(!out.status.success() && stderr(&out).contains("lock_text_unlocked_layers"), "{}", stderr(&out));
 }
+
+/// EVA-style MIM end to end: a 2-step CLIP run is the teacher (its checkpoint folder), `clipfleet
+/// mim` writes an image tower, and `train --pretrained` starts a CLIP image tower from it
+/// (the text tower from scratch); a text-only file is refused with the keys named.
+#[test]
+fn mim_student_starts_a_clip_image_tower() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let teacher = tmp.path().join("teacher");
+    ok(run(&refs(&tiny_args(&teacher, 2, 0))));
+    let mim = tmp.path().join("mim");
+    let out = ok(run(&[
+        "mim",
+        "--model",
+        "tiny",
+        "--teacher",
+        teacher.to_str().expect("utf-8"),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--warmup",
+        "1",
+        "--log-every",
+        "2",
+        "--device",
+        "cpu",
+        "--output",
+        mim.to_str().expect("utf-8"),
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("clipfleet mim: 4 steps, loss"), "{stdout}");
+    let log = std::fs::read_to_string(mim.join("mim.jsonl")).expect("mim.jsonl");
+    assert_eq!(log.lines().count(), 3, "steps 1, 2 and 4:\n{log}");
+    let tower = mim.join("image_tower.safetensors");
+    let student = tensors(&tower);
+    assert!(student.keys().all(|k| k.starts_with("visual.")) && student.contains_key("visual.conv1.weight"));
+    assert!(tensors(&mim.join("student.safetensors")).contains_key("mim.mask_token"));
+
+    let run_dir = tmp.path().join("clip");
+    let mut a = tiny_args(&run_dir, 1, 0);
+    a.extend(["--pretrained".into(), tower.to_str().expect("utf-8").into(), "--lr".into(), "1e-20".into()]);
+    let out = ok(run(&refs(&a)));
+    assert!(stderr(&out).contains("ImageTower"), "{}", stderr(&out));
+    let trained = tensors(&run_dir.join("checkpoints/step_1/model.safetensors"));
+    for (name, t) in &student {
+        assert!(trained[name].allclose(t, 1e-6, 1e-6, false), "{name} not loaded");
+    }
+
+    // A file of text-tower tensors only is a whole state dict with keys missing.
+    let text_only: Vec<(String, Tensor)> = trained
+        .iter()
+        .filter(|(k, _)| !k.starts_with("visual."))
+        .map(|(k, t)| (k.clone(), t.shallow_clone()))
+        .collect();
+    let bad = tmp.path().join("text.safetensors");
+    Tensor::write_safetensors(&text_only, &bad).expect("write");
+    let mut a = tiny_args(&tmp.path().join("bad"), 1, 0);
+    a.extend(["--pretrained".into(), bad.to_str().expect("utf-8").into()]);
+    let out = run(&refs(&a));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing") && stderr(&out).contains("visual.conv1.weight"), "{}", stderr(&out));
+}

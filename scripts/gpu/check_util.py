@@ -64,12 +64,19 @@ def _text(width, heads, layers=12, vocab_size=49408, context_length=77):
             "layers": layers, "mlp_ratio": 4.0, "final_ln_after_pool": False, "no_causal_mask": False}
 
 
+def _resnet(image_size, layers, width):
+    return {"image_size": image_size, "layers": layers, "width": width, "head_width": 64, "mlp_ratio": 4.0,
+            "patch_size": None, "final_ln_after_pool": False, "no_ln_pre": False}
+
+
 PRESETS = {
     "tiny": {"embed_dim": 128, "vision_cfg": _vit(64, 3, 128, 8), "text_cfg": _text(128, 2, 3, 512, 32)},
     "small": {"embed_dim": 256, "vision_cfg": _vit(64, 6, 256, 8), "text_cfg": _text(256, 4, 6, 512, 32)},
     "ViT-B-32": {"embed_dim": 512, "vision_cfg": _vit(224, 12, 768, 32), "text_cfg": _text(512, 8)},
     "ViT-B-16": {"embed_dim": 512, "vision_cfg": _vit(224, 12, 768, 16), "text_cfg": _text(512, 8)},
     "ViT-L-14": {"embed_dim": 768, "vision_cfg": _vit(224, 24, 1024, 14), "text_cfg": _text(768, 12)},
+    "tiny-rn": {"embed_dim": 128, "vision_cfg": _resnet(64, [1, 1, 1, 1], 16), "text_cfg": _text(128, 2, 3, 512, 32)},
+    "RN50": {"embed_dim": 1024, "vision_cfg": _resnet(224, [3, 4, 6, 3], 64), "text_cfg": _text(512, 8)},
 }
 
 

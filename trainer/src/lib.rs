@@ -16,6 +16,7 @@ pub mod eval;
 pub mod fault;
 pub mod loss;
 pub mod metrics;
+pub mod mim;
 pub mod model;
 pub mod optim;
 pub mod precision;

@@ -29,6 +29,7 @@ use crate::data::normalize_images;
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Result, TrainError};
 use crate::loss::blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
+use crate::loss::filip::filip_loss_blockwise;
 use crate::loss::ContrastiveBatch;
 use crate::model::{Clip, SampleKeys};
 use crate::precision::Precision;
@@ -161,17 +162,30 @@ impl ContrastiveStep<'_> {
             }))
         };
         let checkpointed = model.grad_checkpointing();
+        let filip = self.loss == LossKind::Filip;
+        let embed = |images: &Tensor, tokens: &Tensor| {
+            self.precision.forward(|| match filip {
+                true => model.forward_filip(&model_input(images), tokens),
+                false => model.forward(&model_input(images), tokens),
+            })
+        };
 
-        // 1. Features: with a graph to reuse when there is one micro-batch (and no gradient
-        // checkpointing), else cached without.
+        // 1. Features: with a graph (or the blocks' inputs, with gradient checkpointing) to
+        // reuse when there is one micro-batch, else cached without.
         let mut kept = None;
-        let (image_local, text_local) = if accum == 1 && !checkpointed {
+        let (image_local, text_local) = if accum == 1 {
             replay.seed_micro(0);
             set_keys(0);
-            let (fi, ft) = self.precision.forward(|| model.forward(&model_input(images), tokens));
-            let detached = (fi.detach(), ft.detach());
-            kept = Some((fi, ft));
-            detached
+            if checkpointed {
+                let (fi, ft, ckpt) = model.forward_checkpointed(self.precision, &model_input(images), tokens, filip);
+                kept = Some(Kept::Checkpoints(ckpt));
+                (fi, ft)
+            } else {
+                let (fi, ft) = embed(images, tokens);
+                let detached = (fi.detach(), ft.detach());
+                kept = Some(Kept::Graph(fi, ft));
+                detached
+            }
         } else {
             let mut fis = Vec::with_capacity(accum as usize);
             let mut fts = Vec::with_capacity(accum as usize);
@@ -179,15 +193,14 @@ impl ContrastiveStep<'_> {
                 for j in 0..accum {
                     replay.seed_micro(j);
                     set_keys(j);
-                    let (fi, ft) =
-                        self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
+                    let (fi, ft) = embed(&slice(images, j), &slice(tokens, j));
                     fis.push(fi);
                     fts.push(ft);
                 }
             });
             (Tensor::cat(&fis, 0), Tensor::cat(&fts, 0))
         };
-        let d = image_local.size()[1];
+        let (di, dt) = (image_local.size()[1], text_local.size()[1]);
 
         // 2. Gather both towers' features in one collective.
         let world = self.group.world_size() as i64;
@@ -195,7 +208,7 @@ impl ContrastiveStep<'_> {
         let (image_all, text_all) = if world > 1 {
             let both = Tensor::cat(&[&image_local, &text_local], 1);
             let all = self.group.all_gather(&both)?;
-            (all.narrow(1, 0, d).contiguous(), all.narrow(1, d, d).contiguous())
+            (all.narrow(1, 0, di).contiguous(), all.narrow(1, di, dt).contiguous())
         } else {
             (image_local.shallow_clone(), text_local.shallow_clone())
         };
@@ -211,11 +224,12 @@ impl ContrastiveStep<'_> {
         };
         let scale = model.logit_scale().detach().to_kind(Kind::Float).exp();
         let grads: LossGradients = match self.loss {
-            crate::config::LossKind::Clip => clip_loss_blockwise(&batch, &scale, self.blocks)?,
-            crate::config::LossKind::Siglip => {
+            LossKind::Clip => clip_loss_blockwise(&batch, &scale, self.blocks)?,
+            LossKind::Siglip => {
                 let bias = model.logit_bias().ok_or(TrainError::MissingLogitBias)?;
                 siglip_loss_blockwise(&batch, &scale, &bias.detach().to_kind(Kind::Float), self.blocks)?
             }
+            LossKind::Filip => filip_loss_blockwise(&batch, model.filip_layout(), &scale, self.blocks)?,
         };
         drop((image_all, text_all));
 
@@ -228,28 +242,29 @@ impl ContrastiveStep<'_> {
             Tensor::cat(&[&grads.grad_image, &grads.grad_text], 1)
         };
         times.all_gather += t.elapsed().as_secs_f64();
-        let (g_image, g_text) = (g.narrow(1, 0, d), g.narrow(1, d, d));
+        let (g_image, g_text) = (g.narrow(1, 0, di), g.narrow(1, di, dt));
 
         // 5. Back into the towers, one micro-batch at a time.
         match kept {
-            Some((fi, ft)) => backward_through_towers(surrogate(&fi, &ft, &g_image, &g_text)),
+            Some(Kept::Graph(fi, ft)) => backward_through_towers(surrogate(&fi, &ft, &g_image, &g_text)),
+            Some(Kept::Checkpoints(ckpt)) => model.backward_checkpointed(self.precision, ckpt, &g_image, &g_text),
             None => {
                 for j in 0..accum {
                     replay.seed_micro(j);
                     set_keys(j);
+                    let (gi, gt) = (slice(&g_image, j), slice(&g_text, j));
                     if checkpointed {
-                        model.backward_checkpointed(
+                        let (_, _, ckpt) = model.forward_checkpointed(
                             self.precision,
                             &model_input(&slice(images, j)),
                             &slice(tokens, j),
-                            &slice(&g_image, j),
-                            &slice(&g_text, j),
+                            filip,
                         );
-                        continue;
+                        model.backward_checkpointed(self.precision, ckpt, &gi, &gt);
+                    } else {
+                        let (fi, ft) = embed(&slice(images, j), &slice(tokens, j));
+                        backward_through_towers(surrogate(&fi, &ft, &gi, &gt));
                     }
-                    let (fi, ft) =
-                        self.precision.forward(|| model.forward(&model_input(&slice(images, j)), &slice(tokens, j)));
-                    backward_through_towers(surrogate(&fi, &ft, &slice(&g_image, j), &slice(&g_text, j)));
                 }
             }
         }
@@ -268,6 +283,14 @@ impl ContrastiveStep<'_> {
         times.all_reduce += t.elapsed().as_secs_f64();
         Ok(StepOutput { loss: grads.loss, times })
     }
+}
+
+/// What the first forward pass keeps for the backward pass when there is one micro-batch.
+enum Kept {
+    /// The features with their autograd graph.
+    Graph(Tensor, Tensor),
+    /// The blocks' inputs (gradient checkpointing).
+    Checkpoints(crate::model::Checkpoints),
 }
 
 /// Backpropagates the surrogate into whatever tower parameters are trainable: nothing when both

@@ -141,6 +141,15 @@ fn gradient_caching_equals_one_pass() {
     assert_gradients_match(2, &["clip", "8", "4", "3", "5"]);
 }
 
+/// FILIP's token-wise loss over the gathered batch: 2 ranks, and gradient caching, give the
+/// gradients of one process's dense autograd loss (`filip_loss_global`), padding masked.
+#[test]
+fn filip_gradients_of_2_ranks_equal_one_process() {
+    assert_gradients_match(1, &["filip", "8", "4", "3", "5"]);
+    assert_gradients_match(2, &["filip", "8", "1"]);
+    assert_gradients_match(2, &["filip", "8", "2", "--grad-checkpointing", "--patch-dropout", "0.5"]);
+}
+
 /// Patch dropout (FLIP): each sample keeps the patches drawn for its row of the global batch,
 /// so 2 ranks (and gradient caching) give one process's gradients over the same samples.
 #[test]

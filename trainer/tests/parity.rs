@@ -127,6 +127,22 @@ fn clipfleet_weights_load_in_open_clip() {
     assert!(diffs["max_abs_diff_text"].as_f64().unwrap() < EMBED_TOL, "{diffs}");
 }
 
+/// A model config with FLIP patch dropout evaluates exactly as OpenCLIP's (whose
+/// `PatchDropout` is the identity in `eval()`): every patch, the same features as the fixture.
+#[test]
+fn patch_dropout_model_evaluates_as_open_clip() {
+    let f = fixtures();
+    let mut cfg = ClipConfig::from_json_file(&f.join("small_config.json")).unwrap();
+    cfg.vision_cfg.patch_dropout = 0.5;
+    let mut model = Clip::new(&cfg, Device::Cpu).unwrap();
+    model.load_safetensors(&f.join("small_model.safetensors")).unwrap();
+    let io = read_tensors(&f.join("small_io.safetensors"));
+    let trained = tch::no_grad(|| model.encode_image(&io["image"]));
+    assert!(max_abs_diff(&trained, &io["image_embeds"]) > 1e-3, "training mode drops patches");
+    let _eval = model.eval_mode();
+    check_embeddings(&model, &f.join("small_io.safetensors"));
+}
+
 /// A randomly initialised open_clip ViT-B-32 (generated now, 600 MB, not committed) gives the
 /// same embeddings in clipfleet, and the same weight-decay groups.
 #[test]

@@ -54,6 +54,10 @@ fn run_reference(
     args: &BenchTrainArgs,
     device: tch::Device,
 ) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(
+        cfg.loss != clipfleet_trainer::config::LossKind::Filip,
+        "--reference-python: OpenCLIP has no FILIP loss to compare with; run without it"
+    );
     let precision = Precision::resolve(cfg.precision, device)?;
     let device = match device {
         tch::Device::Cuda(n) => format!("cuda:{n}"),

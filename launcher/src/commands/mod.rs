@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod embed;
 pub(crate) mod eval;
 pub(crate) mod launch;
+pub(crate) mod mim;
 pub(crate) mod shards;
 pub(crate) mod tokenize;
 pub(crate) mod train;

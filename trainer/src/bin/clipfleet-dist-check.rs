@@ -72,7 +72,7 @@ fn run(backend: &str) -> Result<String, String> {
 
 fn grads(args: &[String]) -> Result<String, String> {
     let usage = || {
-        "usage: clipfleet-dist-check grads clip|siglip LOCAL_BATCH ACCUM [ROWS COLS] [--patch-dropout P] [--grad-checkpointing]"
+        "usage: clipfleet-dist-check grads clip|siglip|filip LOCAL_BATCH ACCUM [ROWS COLS] [--patch-dropout P] [--grad-checkpointing]"
             .to_string()
     };
     let mut options = gradient_check::CheckOptions::default();
@@ -91,6 +91,7 @@ fn grads(args: &[String]) -> Result<String, String> {
     let loss = match args.first().map(String::as_str) {
         Some("clip") => LossKind::Clip,
         Some("siglip") => LossKind::Siglip,
+        Some("filip") => LossKind::Filip,
         _ => return Err(usage()),
     };
     let number = |i: usize, default: Option<i64>| -> Result<i64, String> {

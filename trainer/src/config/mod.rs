@@ -187,9 +187,10 @@ declare_train_config! {
     /// scalars at every log step, evaluation results), as OpenCLIP's `--report-to tensorboard`.
     /// Unset: none ([metrics](metrics.md#tensorboard))
     [value_name = "TARGET"] report_to: optional String = None;
-    /// `clip` (softmax in both directions, OpenCLIP's `ClipLoss`) or `siglip` (pairwise sigmoid,
+    /// `clip` (softmax in both directions, OpenCLIP's `ClipLoss`), `siglip` (pairwise sigmoid,
     /// OpenCLIP's `SigLipLoss`; a model config without `init_logit_bias` gets OpenCLIP's SigLIP start
-    /// values θ = ln 10, β = −10)
+    /// values θ = ln 10, β = −10) or `filip` (token-wise late interaction, ViT image towers;
+    /// [FILIP](models.md#filip))
     [value_name = "LOSS"] loss: plain LossKind = LossKind::Clip;
     /// ≥ 1; micro-batches per step, by gradient caching: the loss and the gradients are those of the
     /// whole `batch_size × accum_freq × world_size` batch ([distributed.md](distributed.md#training-
@@ -290,6 +291,9 @@ impl TrainConfig {
                 );
             }
             cfg.vision_cfg.patch_dropout = p;
+        }
+        if self.loss == LossKind::Filip {
+            cfg.validate_for_filip()?;
         }
         if cfg.is_resnet() && self.lock_image_unlocked_groups > 0 {
             return Err(ConfigError::invalid(
@@ -472,6 +476,13 @@ impl TrainConfig {
             if !path.is_file() {
                 return Err(ConfigError::invalid("pretrained", path.display(), "an existing safetensors file"));
             }
+        }
+        if self.zero_shot_data.is_some() && self.loss == LossKind::Filip {
+            return Err(ConfigError::invalid(
+                "zero_shot_data",
+                "set",
+                "unset with loss = filip (zero-shot on labelled images scores pooled embeddings; FILIP runs evaluate retrieval and the synthetic zero-shot with token-wise scores)",
+            ));
         }
         if self.zero_shot_data.is_some() {
             crate::eval::zero_shot::templates(&self.zero_shot_templates, "zero_shot_templates")?;

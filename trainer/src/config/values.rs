@@ -18,6 +18,9 @@ pub enum LossKind {
     Clip,
     /// Pairwise sigmoid with a learnable bias (SigLIP).
     Siglip,
+    /// FILIP's token-wise late interaction: InfoNCE on the mean over tokens of each token's
+    /// best match in the other modality (ViT image towers).
+    Filip,
 }
 
 impl LossKind {
@@ -26,6 +29,7 @@ impl LossKind {
         match self {
             LossKind::Clip => "clip",
             LossKind::Siglip => "siglip",
+            LossKind::Filip => "filip",
         }
     }
 }

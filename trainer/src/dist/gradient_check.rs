@@ -11,6 +11,7 @@ use crate::config::LossKind;
 use crate::dist::ProcessGroup;
 use crate::error::{Result, TrainError};
 use crate::loss::blockwise::BlockSizes;
+use crate::loss::filip::filip_loss_global;
 use crate::loss::{clip_loss_global, siglip_loss, ContrastiveBatch};
 use crate::model::{Clip, ClipConfig, SampleKeys};
 use crate::step::{broadcast_parameters, ContrastiveStep, DeviceBatch, RngReplay};
@@ -81,7 +82,8 @@ pub fn check_gradients(
     // keeping the patches it kept in the distributed step.
     zero_grads(&model);
     model.set_sample_keys(Some(SampleKeys { seed: 3, step: 0, first_row: 0 }));
-    let (fi, ft) = model.forward(&images, &tokens);
+    let (fi, ft) =
+        if loss == LossKind::Filip { model.forward_filip(&images, &tokens) } else { model.forward(&images, &tokens) };
     model.set_sample_keys(None);
     let scale = model.logit_scale().exp();
     let reference = match loss {
@@ -90,6 +92,7 @@ pub fn check_gradients(
             let bias = model.logit_bias().ok_or(TrainError::MissingLogitBias)?;
             siglip_loss(&ContrastiveBatch::local(&fi, &ft), &scale, bias)
         }
+        LossKind::Filip => filip_loss_global(&fi, &ft, model.filip_layout(), &scale),
     };
     reference.backward();
     let mut max_relative_error = 0.0f64;
@@ -114,7 +117,7 @@ pub fn check_gradients(
 /// The tiny model's config for `loss` (SigLIP gets its logit bias and initial values).
 fn tiny_config(loss: LossKind) -> ClipConfig {
     match loss {
-        LossKind::Clip => ClipConfig::tiny(),
+        LossKind::Clip | LossKind::Filip => ClipConfig::tiny(),
         LossKind::Siglip => ClipConfig::tiny().with_siglip_init(),
     }
 }
@@ -126,7 +129,10 @@ fn fixed_batch(config: &ClipConfig, n: i64, device: Device) -> (Tensor, Tensor) 
     let (ctx, vocab) = (config.text_cfg.context_length, config.text_cfg.vocab_size);
     tch::manual_seed(11);
     let images = Tensor::randn([n, 3, side, side], (Kind::Float, Device::Cpu));
+    // Captions of 3..=ctx tokens, then padding (0), as the tokenizer pads.
     let tokens = Tensor::randint_low(1, vocab, [n, ctx], (Kind::Int64, Device::Cpu));
+    let lens = Tensor::randint_low(3, ctx + 1, [n, 1], (Kind::Int64, Device::Cpu));
+    let tokens = tokens * Tensor::arange(ctx, (Kind::Int64, Device::Cpu)).view([1, ctx]).lt_tensor(&lens);
     (images.to_device(device), tokens.to_device(device))
 }
 

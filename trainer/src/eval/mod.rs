@@ -27,6 +27,7 @@ use tch::{Kind, Tensor};
 use crate::data::images_to_tensor;
 use crate::error::{Result, TrainError};
 use crate::loss::clip_loss_global;
+use crate::loss::filip::{retrieval_scores, FilipLayout, TokenSet};
 use crate::model::{l2_normalize, Clip};
 
 /// What `clipfleet eval --json` prints. Recalls and accuracies are fractions in [0, 1].
@@ -103,6 +104,33 @@ fn recall_at(scores: &Tensor, truth: &Tensor, ks: &[i64]) -> Vec<f64> {
     ks.iter().map(|&k| rank.lt(k).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])).collect()
 }
 
+/// How an evaluation scores an image against a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scoring {
+    /// Cosine similarity of the pooled embeddings (CLIP, SigLIP).
+    #[default]
+    Pooled,
+    /// FILIP's token-wise scores: S^I ranks texts for an image, S^T images for a text, and
+    /// the validation loss is FILIP's.
+    Filip,
+}
+
+/// FILIP's (S^I, S^T) of every image row against every text row ([`crate::loss::filip::FilipLayout`]).
+fn filip_scores(image_rows: &Tensor, text_rows: &Tensor, layout: FilipLayout) -> (Tensor, Tensor) {
+    let (images, image_mask) = layout.images(image_rows);
+    let (texts, text_mask) = layout.texts(text_rows);
+    retrieval_scores(TokenSet { tokens: &images, mask: &image_mask }, TokenSet { tokens: &texts, mask: &text_mask })
+}
+
+/// FILIP's loss over a batch from its scores: ½[CE(s·S^I) + CE(s·(S^T)ᵀ)], labels the diagonal.
+fn filip_scores_loss((s_image, s_text): &(Tensor, Tensor), scale: &Tensor) -> Tensor {
+    let n = s_image.size()[0];
+    let labels = Tensor::arange(n, (Kind::Int64, s_image.device()));
+    let ce =
+        |logits: Tensor| -logits.log_softmax(1, Kind::Float).gather(1, &labels.view([n, 1]), false).mean(Kind::Float);
+    (ce(s_image * scale) + ce(s_text.tr() * scale)) / 2.0
+}
+
 /// One batch of held-out pairs.
 #[derive(Debug)]
 pub struct EvalBatch {
@@ -122,6 +150,7 @@ pub fn evaluate(
     samples: i64,
     batch_size: i64,
     step: i64,
+    scoring: Scoring,
 ) -> Result<EvalReport> {
     let _eval = model.eval_mode();
     let ctx = model.config().text_cfg.context_length as usize;
@@ -134,7 +163,7 @@ pub fn evaluate(
         let tokens = tokenizer.tokenize_batch(&texts, ctx);
         Ok(EvalBatch { images, tokens, labels: Some(labels.iter().map(|&l| i64::from(l)).collect()) })
     });
-    evaluate_batches(model, batches, tokenizer, step)
+    evaluate_batches(model, batches, tokenizer, step, scoring)
 }
 
 /// Runs the evaluation on the first `samples` pairs of `val_data` shards, read in order with
@@ -149,6 +178,7 @@ pub fn evaluate_shards(
     tokenizer: Arc<dyn Tokenizer>,
     samples: i64,
     step: i64,
+    scoring: Scoring,
 ) -> Result<EvalReport> {
     let _eval = model.eval_mode();
     let mut loader = Loader::new(cfg, store, Arc::clone(&tokenizer), None)?;
@@ -172,7 +202,7 @@ pub fn evaluate_shards(
             Err(e) => Some(Err(e.into())),
         }
     });
-    evaluate_batches(model, batches, tokenizer.as_ref(), step)
+    evaluate_batches(model, batches, tokenizer.as_ref(), step, scoring)
 }
 
 /// Runs the evaluation over `batches`; zero-shot classification when every batch has labels.
@@ -184,9 +214,12 @@ pub fn evaluate_batches(
     batches: impl Iterator<Item = Result<EvalBatch>>,
     tokenizer: &dyn Tokenizer,
     step: i64,
+    scoring: Scoring,
 ) -> Result<EvalReport> {
     let _eval = model.eval_mode();
     let device = model.device();
+    let filip = scoring == Scoring::Filip;
+    let layout = model.filip_layout();
     let ctx = model.config().text_cfg.context_length;
     tch::no_grad(|| {
         let mut image_feats = Vec::new();
@@ -201,9 +234,15 @@ pub fn evaluate_batches(
                 continue;
             }
             let tokens = model.text_input(&batch.tokens);
-            let (img, txt) = model.forward(&images_to_tensor(&batch.images, device), &tokens);
+            let images = images_to_tensor(&batch.images, device);
+            let (img, txt) =
+                if filip { model.forward_filip(&images, &tokens) } else { model.forward(&images, &tokens) };
             if n > 1 {
-                losses.push((n as f64, clip_loss_global(&img, &txt, &scale).double_value(&[])));
+                let loss = match filip {
+                    true => filip_scores_loss(&filip_scores(&img, &txt, layout), &scale),
+                    false => clip_loss_global(&img, &txt, &scale),
+                };
+                losses.push((n as f64, loss.double_value(&[])));
             }
             image_feats.push(img.to_kind(Kind::Float));
             text_feats.push(txt.to_kind(Kind::Float));
@@ -230,21 +269,40 @@ pub fn evaluate_batches(
                     let prompts: Vec<String> = templates.iter().map(|t| t.replace("{}", name)).collect();
                     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
                     let tokens = model.text_input(&tokenizer.tokenize_batch(&refs, ctx as usize));
+                    if filip {
+                        // FILIP: a class scores the mean of S^I over its prompts.
+                        class_rows.push(model.encode_text_filip(&tokens));
+                        continue;
+                    }
                     let emb = l2_normalize(&model.encode_text(&tokens)).to_kind(Kind::Float);
                     class_rows.push(l2_normalize(&emb.mean_dim(0, false, Kind::Float)));
                 }
-                let classifier = Tensor::stack(&class_rows, 0);
-                let logits = images.matmul(&classifier.tr());
+                let logits = if filip {
+                    let prompts = Tensor::cat(&class_rows, 0);
+                    let (s_image, _) = filip_scores(&images, &prompts, layout);
+                    s_image.view([samples, names.len() as i64, -1]).mean_dim(2, false, Kind::Float)
+                } else {
+                    images.matmul(&Tensor::stack(&class_rows, 0).tr())
+                };
                 let zs = recall_at(&logits, &labels, &[1, 5]);
                 ((Some(zs[0]), Some(zs[1])), names.len() as i64)
             }
             None => ((None, None), 0),
         };
 
-        let sims = images.matmul(&texts.tr());
+        let (i2t_scores, t2i_scores) = match filip {
+            true => {
+                let (s_image, s_text) = filip_scores(&images, &texts, layout);
+                (s_image, s_text.tr())
+            }
+            false => {
+                let sims = images.matmul(&texts.tr());
+                (sims.shallow_clone(), sims.tr())
+            }
+        };
         let diag = Tensor::arange(samples, (Kind::Int64, device));
-        let i2t = recall_at(&sims, &diag, &[1, 5, 10]);
-        let t2i = recall_at(&sims.tr(), &diag, &[1, 5, 10]);
+        let i2t = recall_at(&i2t_scores, &diag, &[1, 5, 10]);
+        let t2i = recall_at(&t2i_scores, &diag, &[1, 5, 10]);
         let weight: f64 = losses.iter().map(|(n, _)| n).sum();
         let val_loss = losses.iter().map(|(n, l)| n * l).sum::<f64>() / weight.max(1.0);
         Ok(EvalReport {

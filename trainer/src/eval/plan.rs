@@ -10,7 +10,7 @@ use clipfleet_dataloader::synthetic::SyntheticDataset;
 use clipfleet_dataloader::tokenizer::Tokenizer;
 
 use super::zero_shot::{evaluate_zero_shot, templates, LabelledSet, ZeroShotSpec};
-use super::{evaluate, evaluate_shards, EvalReport};
+use super::{evaluate, evaluate_shards, EvalReport, Scoring};
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::{DeviceSpec, TrainConfig};
 use crate::data::tokenizer_for;
@@ -33,6 +33,8 @@ pub struct EvalPlan {
     /// Zero-shot classification on labelled images (`zero_shot_data`), whose results replace
     /// the synthetic split's, in batches of the run's per-worker batch size.
     pub zero_shot: Option<(ZeroShotSpec, i64)>,
+    /// How images and texts are scored: FILIP's token-wise scores for a FILIP run.
+    pub scoring: Scoring,
 }
 
 /// The held-out pairs of an evaluation.
@@ -71,7 +73,14 @@ impl EvalPlan {
             };
             (spec, cfg.batch_size)
         });
-        EvalPlan { data, samples: cfg.eval_samples, batch_size: cfg.batch_size * world_size.max(1) as i64, zero_shot }
+        let scoring = if cfg.loss == crate::config::LossKind::Filip { Scoring::Filip } else { Scoring::Pooled };
+        EvalPlan {
+            data,
+            samples: cfg.eval_samples,
+            batch_size: cfg.batch_size * world_size.max(1) as i64,
+            zero_shot,
+            scoring,
+        }
     }
 
     /// The evaluation of the run that wrote `state`, as its training evaluated; `val_data`
@@ -110,7 +119,7 @@ impl EvalPlan {
         let mut report = match &self.data {
             EvalData::Synthetic { image_size, seed } => {
                 let data = SyntheticDataset::new(*image_size, *seed);
-                evaluate(model, &data, tokenizer.as_ref(), self.samples, self.batch_size, step)
+                evaluate(model, &data, tokenizer.as_ref(), self.samples, self.batch_size, step, self.scoring)
             }
             EvalData::Shards { config, urls, image_size } => {
                 let spec = config.data_spec(urls, 1)?;
@@ -119,7 +128,7 @@ impl EvalPlan {
                     Some(store) => store,
                     None => Arc::new(ShardStore::new(ShardStoreOptions::default())?),
                 };
-                evaluate_shards(model, loader_cfg, store, Arc::clone(&tokenizer), self.samples, step)
+                evaluate_shards(model, loader_cfg, store, Arc::clone(&tokenizer), self.samples, step, self.scoring)
             }
         }?;
         if let Some((spec, batch)) = &self.zero_shot {

@@ -9,6 +9,7 @@
 
 pub mod blockwise;
 pub mod clip;
+pub mod filip;
 pub mod siglip;
 #[cfg(test)]
 pub(crate) mod test_support;

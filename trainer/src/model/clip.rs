@@ -15,6 +15,7 @@ use super::text::TextTransformer;
 use super::transformer::Activation;
 use super::vision::{PatchKeep, VisionTransformer};
 use crate::error::{Result, TrainError};
+use crate::loss::filip::FilipLayout;
 use crate::precision::Precision;
 
 /// OpenCLIP's initial log logit scale, ln(1/0.07).
@@ -23,8 +24,8 @@ pub const DEFAULT_INIT_LOGIT_SCALE: f64 = 2.659_260_036_932_778_4;
 /// The image tower: a ViT or a ModifiedResNet, both under `visual.*`.
 #[derive(Debug)]
 enum ImageTower {
-    Vit(VisionTransformer),
-    ResNet(ModifiedResNet),
+    Vit(Box<VisionTransformer>),
+    ResNet(Box<ModifiedResNet>),
 }
 
 /// Identifies the samples of a forward pass, for per-sample randomness (patch dropout) that
@@ -60,6 +61,15 @@ pub struct Clip {
     sample_keys: Mutex<Option<SampleKeys>>,
 }
 
+/// What [`Clip::load_pretrained`] loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pretrained {
+    /// Every parameter and buffer.
+    Whole,
+    /// The image tower (`visual.*`) only.
+    ImageTower,
+}
+
 /// Restores the model's previous mode when dropped (see [`Clip::eval_mode`]).
 #[derive(Debug)]
 pub struct ModeGuard<'a> {
@@ -87,9 +97,14 @@ impl Clip {
         let root = vs.root();
         let activation = if config.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
         let visual = if config.is_resnet() {
-            ImageTower::ResNet(ModifiedResNet::new(&root / "visual", &config.vision_cfg, config.embed_dim))
+            ImageTower::ResNet(Box::new(ModifiedResNet::new(&root / "visual", &config.vision_cfg, config.embed_dim)))
         } else {
-            ImageTower::Vit(VisionTransformer::new(&root / "visual", &config.vision_cfg, config.embed_dim, activation))
+            ImageTower::Vit(Box::new(VisionTransformer::new(
+                &root / "visual",
+                &config.vision_cfg,
+                config.embed_dim,
+                activation,
+            )))
         };
         let text = TextTransformer::new(root.clone(), &config.text_cfg, config.embed_dim, activation);
         let init_scale = config.init_logit_scale.unwrap_or(DEFAULT_INIT_LOGIT_SCALE);
@@ -249,65 +264,169 @@ impl Clip {
         (l2_normalize(&f32(self.encode_image(images))), l2_normalize(&f32(self.encode_text(tokens))))
     }
 
-    /// Back-propagates `g_image` and `g_text`, the loss's gradients with respect to the
-    /// normalised features that [`Clip::forward`] gives for `images` and `tokens`, into the
-    /// parameters, as `(f · g).sum().backward()` after a forward pass with a graph would,
-    /// but holding only each block's input (gradient checkpointing): one forward pass
-    /// without a graph keeps the inputs of every block, then the backward pass goes from the
-    /// head down, re-running one block at a time with a graph. Costs one more forward pass.
-    /// Stochastic ops replay identically: patch dropout is keyed by sample, and the ResNet's
-    /// batch statistics are those of the same micro-batch.
+    /// FILIP's token features in the rows that the step gathers ([`FilipLayout`]): every image
+    /// patch token and every text position (padding masked out, and padded to the context
+    /// length), each projected into the embedding space and L2-normalised, in float32. A ViT
+    /// image tower only ([`ClipConfig::validate_for_filip`]).
     ///
     /// # Shapes
-    /// as [`Clip::forward`]; `g_image`, `g_text`: [b, embed_dim] float32.
-    pub fn backward_checkpointed(
+    /// `images`: [b, 3, H, W], `tokens`: [b, L] → ([b, patches · embed_dim],
+    /// [b, context_length · (embed_dim + 1)]).
+    pub fn forward_filip(&self, images: &Tensor, tokens: &Tensor) -> (Tensor, Tensor) {
+        let to_f32 = |x: Tensor| x.to_kind(Kind::Float);
+        let image_rows = to_f32(self.encode_image_tokens(images)).flatten(1, 2);
+        (image_rows, self.encode_text_filip(tokens))
+    }
+
+    /// A ViT's patch tokens after `ln_post`, projected into the embedding space and
+    /// L2-normalised (FILIP's image tokens, and EVA's distillation targets).
+    ///
+    /// # Panics
+    /// With a ResNet image tower (callers check the config: [`ClipConfig::validate_for_filip`]).
+    ///
+    /// # Shapes
+    /// `images`: [b, 3, H, W] → [b, patches kept, embed_dim].
+    pub fn encode_image_tokens(&self, images: &Tensor) -> Tensor {
+        let ImageTower::Vit(vit) = &self.visual else {
+            panic!("patch tokens need a ViT image tower (checked with the config)");
+        };
+        let images = images.to_kind(self.logit_scale.kind());
+        let keys = self.sample_keys();
+        let keep = self.is_training().then(|| keys.as_ref().map_or(PatchKeep::Global, PatchKeep::Keyed));
+        let x = vit.stem(&images, keep.as_ref());
+        let x = (0..vit.depth()).fold(x, |x, i| vit.block(i, &x));
+        l2_normalize(&vit.token_head(&x))
+    }
+
+    /// FILIP's text rows alone (see [`Clip::forward_filip`]).
+    ///
+    /// # Shapes
+    /// `tokens`: [b, L] → [b, context_length · (embed_dim + 1)].
+    pub fn encode_text_filip(&self, tokens: &Tensor) -> Tensor {
+        let x = self.text.stem(tokens);
+        let x = (0..self.text.depth()).fold(x, |x, i| self.text.block(i, &x));
+        self.text_rows(&x, tokens)
+    }
+
+    /// The FILIP layout of this model's features.
+    pub fn filip_layout(&self) -> FilipLayout {
+        FilipLayout { dim: self.config.embed_dim, text_tokens: self.config.text_cfg.context_length }
+    }
+
+    /// FILIP text rows from the text transformer's output `x` for `tokens`.
+    fn text_rows(&self, x: &Tensor, tokens: &Tensor) -> Tensor {
+        let features = l2_normalize(&self.text.token_head(x).to_kind(Kind::Float));
+        let mask = tokens.ne(0).to_kind(Kind::Float);
+        self.filip_layout().text_rows(&(features * mask.unsqueeze(-1)), &mask)
+    }
+
+    /// The features of [`Clip::forward`] (or, with `filip`, [`Clip::forward_filip`]) computed
+    /// without a graph, keeping only each block's input (gradient checkpointing), for
+    /// [`Clip::backward_checkpointed`]. A tower with nothing to train keeps nothing.
+    ///
+    /// # Shapes
+    /// as [`Clip::forward`] / [`Clip::forward_filip`].
+    pub fn forward_checkpointed(
         &self,
         precision: Precision,
         images: &Tensor,
         tokens: &Tensor,
+        filip: bool,
+    ) -> (Tensor, Tensor, Checkpoints) {
+        let keys = self.sample_keys();
+        let images = images.to_kind(self.logit_scale.kind());
+        let mut ckpt = Checkpoints { images, tokens: tokens.shallow_clone(), keys, filip, image: None, text: None };
+        let (fi, ft) = tch::no_grad(|| {
+            let train_image = self.tower_trains(|n| n.starts_with("visual."));
+            let fi = self.with_image_segments(&ckpt, |seg| {
+                let inputs = seg.inputs(precision);
+                let f = precision.forward(|| (seg.head)(&inputs[inputs.len() - 1]));
+                (f, inputs)
+            });
+            let fi = match fi {
+                (f, inputs) if train_image => {
+                    ckpt.image = Some(inputs);
+                    f
+                }
+                (f, _) => f,
+            };
+            let (ft, inputs) = self.with_text_segments(&ckpt, |seg| {
+                let inputs = seg.inputs(precision);
+                (precision.forward(|| (seg.head)(&inputs[inputs.len() - 1])), inputs)
+            });
+            if self.tower_trains(|n| !n.starts_with("visual.") && !n.starts_with("logit_")) {
+                ckpt.text = Some(inputs);
+            }
+            (fi, ft)
+        });
+        (fi, ft, ckpt)
+    }
+
+    /// Back-propagates `g_image` and `g_text`, the loss's gradients with respect to the features
+    /// that [`Clip::forward_checkpointed`] gave, into the parameters, as `(f · g).sum().backward()`
+    /// after a forward pass with a graph would: from the head down, re-running one block at a
+    /// time with a graph from its kept input. Stochastic ops replay identically: patch dropout
+    /// is keyed by sample (the keys kept with the inputs), and the ResNet's batch statistics are
+    /// those of the same micro-batch.
+    pub fn backward_checkpointed(
+        &self,
+        precision: Precision,
+        mut ckpt: Checkpoints,
         g_image: &Tensor,
         g_text: &Tensor,
     ) {
+        if let Some(inputs) = ckpt.image.take() {
+            self.with_image_segments(&ckpt, |seg| seg.backward(precision, inputs, g_image));
+        }
+        if let Some(inputs) = ckpt.text.take() {
+            self.with_text_segments(&ckpt, |seg| seg.backward(precision, inputs, g_text));
+        }
+    }
+
+    /// Runs `f` on the image tower cut into stem, blocks and head (the head ends with the
+    /// normalised float32 features, pooled or FILIP's).
+    fn with_image_segments<T>(&self, ckpt: &Checkpoints, f: impl FnOnce(Segments<'_>) -> T) -> T {
         let to_f32 = |x: Tensor| x.to_kind(Kind::Float);
-        if self.tower_trains(|n| n.starts_with("visual.")) {
-            let images = images.to_kind(self.logit_scale.kind());
-            match &self.visual {
-                ImageTower::Vit(vit) => {
-                    let keys = self.sample_keys();
-                    let keep = self.is_training().then(|| keys.as_ref().map_or(PatchKeep::Global, PatchKeep::Keyed));
-                    backward_by_block(
-                        precision,
-                        &|| vit.stem(&images, keep.as_ref()),
-                        vit.depth(),
-                        &|i, x| vit.block(i, x),
-                        &|x| l2_normalize(&to_f32(vit.head(x))),
-                        g_image,
-                    );
-                }
-                ImageTower::ResNet(resnet) => {
-                    let train = self.batch_stats();
-                    backward_by_block(
-                        precision,
-                        &|| resnet.stem(&images, train),
-                        resnet.depth(),
-                        &|i, x| resnet.block(i, x, train),
-                        &|x| l2_normalize(&to_f32(resnet.head(x))),
-                        g_image,
-                    );
-                }
+        let filip = ckpt.filip;
+        match &self.visual {
+            ImageTower::Vit(vit) => {
+                let keep = self.is_training().then(|| ckpt.keys.as_ref().map_or(PatchKeep::Global, PatchKeep::Keyed));
+                f(Segments {
+                    stem: &|| vit.stem(&ckpt.images, keep.as_ref()),
+                    depth: vit.depth(),
+                    block: &|i, x| vit.block(i, x),
+                    head: &|x| match filip {
+                        true => l2_normalize(&to_f32(vit.token_head(x))).flatten(1, 2),
+                        false => l2_normalize(&to_f32(vit.head(x))),
+                    },
+                })
+            }
+            ImageTower::ResNet(resnet) => {
+                let train = self.batch_stats();
+                f(Segments {
+                    stem: &|| resnet.stem(&ckpt.images, train),
+                    depth: resnet.depth(),
+                    block: &|i, x| resnet.block(i, x, train),
+                    head: &|x| l2_normalize(&to_f32(resnet.head(x))),
+                })
             }
         }
-        if self.tower_trains(|n| !n.starts_with("visual.") && !n.starts_with("logit_")) {
-            let text = &self.text;
-            backward_by_block(
-                precision,
-                &|| text.stem(tokens),
-                text.depth(),
-                &|i, x| text.block(i, x),
-                &|x| l2_normalize(&to_f32(text.head(x, tokens))),
-                g_text,
-            );
-        }
+    }
+
+    /// Runs `f` on the text tower cut into stem, blocks and head.
+    fn with_text_segments<T>(&self, ckpt: &Checkpoints, f: impl FnOnce(Segments<'_>) -> T) -> T {
+        let text = &self.text;
+        let tokens = &ckpt.tokens;
+        let filip = ckpt.filip;
+        f(Segments {
+            stem: &|| text.stem(tokens),
+            depth: text.depth(),
+            block: &|i, x| text.block(i, x),
+            head: &|x| match filip {
+                true => self.text_rows(x, tokens),
+                false => l2_normalize(&text.head(x, tokens).to_kind(Kind::Float)),
+            },
+        })
     }
 
     /// Whether any parameter whose name passes `in_tower` is trainable.
@@ -368,6 +487,45 @@ impl Clip {
         })
     }
 
+    /// Loads `--pretrained` weights: a whole state dict as [`Clip::load_safetensors`], or an
+    /// image tower alone (only `visual.*` tensors, all of this model's: the file `clipfleet mim`
+    /// writes), leaving the rest of the model as initialised.
+    pub fn load_pretrained(&mut self, path: &Path) -> Result<Pretrained> {
+        let weights_error = |reason: String| TrainError::Weights { path: path.to_path_buf(), reason };
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
+        if tensors.is_empty() || !tensors.iter().all(|(n, _)| n.starts_with("visual.")) {
+            self.load_safetensors(path)?;
+            return Ok(Pretrained::Whole);
+        }
+        let mut by_name: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+        let vars: Vec<(String, Tensor)> =
+            self.state_dict().into_iter().filter(|(n, _)| n.starts_with("visual.")).collect();
+        let missing: Vec<&str> =
+            vars.iter().filter(|(n, _)| !by_name.contains_key(n)).map(|(n, _)| n.as_str()).collect();
+        let unexpected: Vec<&String> = by_name.keys().filter(|n| !vars.iter().any(|(v, _)| v == *n)).collect();
+        if !missing.is_empty() || !unexpected.is_empty() {
+            return Err(weights_error(format!(
+                "an image tower that does not match the model config: missing {missing:?}, unexpected {unexpected:?}"
+            )));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (name, var) in &vars {
+                let Some(src) = by_name.remove(name) else { continue };
+                if src.size() != var.size() {
+                    return Err(weights_error(format!(
+                        "`{name}` has shape {:?}, the model expects {:?}",
+                        src.size(),
+                        var.size()
+                    )));
+                }
+                var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
+            }
+            Ok(())
+        })?;
+        Ok(Pretrained::ImageTower)
+    }
+
     /// Writes every parameter (float32) and batch-norm buffer (float32 statistics, int64
     /// counters, as OpenCLIP) to `path` as safetensors with OpenCLIP's keys.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
@@ -384,43 +542,61 @@ impl Clip {
     }
 }
 
-/// Gradient checkpointing of one tower: `stem`, `depth` blocks and `head` (which ends with
-/// the normalised float32 features), back-propagating `g` block by block.
-fn backward_by_block(
-    precision: Precision,
-    stem: &dyn Fn() -> Tensor,
+/// What [`Clip::forward_checkpointed`] keeps for [`Clip::backward_checkpointed`]: the inputs
+/// of every block of each tower that trains, and what is needed to re-run them.
+#[derive(Debug)]
+pub struct Checkpoints {
+    images: Tensor,
+    tokens: Tensor,
+    keys: Option<SampleKeys>,
+    filip: bool,
+    image: Option<Vec<Tensor>>,
+    text: Option<Vec<Tensor>>,
+}
+
+/// One tower cut for gradient checkpointing: `stem`, `depth` blocks and `head`.
+struct Segments<'a> {
+    stem: &'a dyn Fn() -> Tensor,
     depth: usize,
-    block: &dyn Fn(usize, &Tensor) -> Tensor,
-    head: &dyn Fn(&Tensor) -> Tensor,
-    g: &Tensor,
-) {
-    // Every block's input, without a graph.
-    let mut inputs = Vec::with_capacity(depth + 1);
-    tch::no_grad(|| {
-        let mut x = precision.forward(stem);
-        for i in 0..depth {
-            let next = precision.forward(|| block(i, &x));
+    block: &'a dyn Fn(usize, &Tensor) -> Tensor,
+    head: &'a dyn Fn(&Tensor) -> Tensor,
+}
+
+impl Segments<'_> {
+    /// Every block's input, and the head's, without a graph.
+    fn inputs(&self, precision: Precision) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let mut inputs = Vec::with_capacity(self.depth + 1);
+            let mut x = precision.forward(self.stem);
+            for i in 0..self.depth {
+                let next = precision.forward(|| (self.block)(i, &x));
+                inputs.push(x);
+                x = next;
+            }
             inputs.push(x);
-            x = next;
-        }
-        inputs.push(x);
-    });
-    // Down from the head, one segment at a time: ∂L/∂(its input) feeds the one below.
-    let leaf = |x: &Tensor| x.detach().set_requires_grad(true);
-    let x = leaf(&inputs[depth]);
-    let f = precision.forward(|| head(&x));
-    (f * g.detach()).sum(Kind::Float).backward();
-    let mut grad = x.grad();
-    for i in (0..depth).rev() {
-        let x = leaf(&inputs[i]);
-        inputs.truncate(i + 1);
-        let y = precision.forward(|| block(i, &x));
-        (y.to_kind(Kind::Float) * grad.to_kind(Kind::Float)).sum(Kind::Float).backward();
-        grad = x.grad();
+            inputs
+        })
     }
-    let x0 = precision.forward(stem);
-    if x0.requires_grad() {
-        (x0.to_kind(Kind::Float) * grad.to_kind(Kind::Float)).sum(Kind::Float).backward();
+
+    /// Down from the head, one segment at a time: ∂L/∂(its input) feeds the one below.
+    fn backward(&self, precision: Precision, mut inputs: Vec<Tensor>, g: &Tensor) {
+        let leaf = |x: &Tensor| x.detach().set_requires_grad(true);
+        let x = leaf(&inputs[self.depth]);
+        let f = precision.forward(|| (self.head)(&x));
+        (f * g.detach()).sum(Kind::Float).backward();
+        let mut grad = x.grad();
+        for i in (0..self.depth).rev() {
+            let x = leaf(&inputs[i]);
+            inputs.truncate(i + 1);
+            let y = precision.forward(|| (self.block)(i, &x));
+            (y.to_kind(Kind::Float) * grad.to_kind(Kind::Float)).sum(Kind::Float).backward();
+            grad = x.grad();
+        }
+        drop(inputs);
+        let x0 = precision.forward(self.stem);
+        if x0.requires_grad() {
+            (x0.to_kind(Kind::Float) * grad.to_kind(Kind::Float)).sum(Kind::Float).backward();
+        }
     }
 }
 
@@ -459,7 +635,8 @@ mod tests {
                     p.zero_grad();
                 }
                 if checkpointed {
-                    model.backward_checkpointed(Precision::Fp32, &images, &tokens, &g_image, &g_text);
+                    let (_, _, ckpt) = model.forward_checkpointed(Precision::Fp32, &images, &tokens, false);
+                    model.backward_checkpointed(Precision::Fp32, ckpt, &g_image, &g_text);
                 } else {
                     let (fi, ft) = model.forward(&images, &tokens);
                     ((fi * &g_image).sum(Kind::Float) + (ft * &g_text).sum(Kind::Float)).backward();

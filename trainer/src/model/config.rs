@@ -496,6 +496,18 @@ impl ClipConfig {
         self.vision_cfg.grid_size() * self.vision_cfg.grid_size() + 1
     }
 
+    /// Checks that the model can train with the FILIP loss: token features need a ViT image tower.
+    pub fn validate_for_filip(&self) -> Result<(), ConfigError> {
+        if self.is_resnet() {
+            return Err(ConfigError::invalid(
+                "loss",
+                "filip",
+                "clip or siglip with a ResNet image tower (FILIP needs ViT patch tokens)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the image tower is a ModifiedResNet.
     pub fn is_resnet(&self) -> bool {
         self.vision_cfg.resnet_stages().is_some()

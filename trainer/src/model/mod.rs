@@ -9,5 +9,5 @@ pub mod text;
 pub mod transformer;
 pub mod vision;
 
-pub use clip::{l2_normalize, Clip, ModeGuard, SampleKeys};
+pub use clip::{l2_normalize, Checkpoints, Clip, ModeGuard, Pretrained, SampleKeys};
 pub use config::{resolve_model, ClipConfig, TextConfig, VisionConfig, VisionLayers, PRESET_NAMES};

@@ -102,6 +102,14 @@ impl TextTransformer {
         self.transformer.block(i, x, self.causal)
     }
 
+    /// FILIP's text tokens: `ln_final` and the projection applied at every position.
+    ///
+    /// # Shapes
+    /// `x`: [batch, L, width] → [batch, L, embed_dim].
+    pub fn token_head(&self, x: &Tensor) -> Tensor {
+        self.ln_final.forward(x).matmul(&self.text_projection)
+    }
+
     /// `ln_final`, pooling at the end-of-text token, and the projection.
     ///
     /// # Shapes

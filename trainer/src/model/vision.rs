@@ -79,6 +79,34 @@ impl VisionTransformer {
         }
     }
 
+    /// The stem with the patch embeddings of `masked` patches replaced by `mask_token`, before
+    /// the positional embedding (BEiT / EVA masked image modelling); no patch dropout.
+    ///
+    /// # Shapes
+    /// `images`: [batch, 3, S, S], `mask_token`: [width], `masked`: [batch, patches] bool →
+    /// [batch, 1 + patches, width].
+    pub fn stem_masked(&self, images: &Tensor, mask_token: &Tensor, masked: &Tensor) -> Tensor {
+        let x = images.conv2d(&self.conv1, None::<Tensor>, [self.patch_size, self.patch_size], [0, 0], [1, 1], 1);
+        let (b, w) = (x.size()[0], x.size()[1]);
+        let x = x.flatten(2, 3).transpose(1, 2);
+        let x = x.where_self(&masked.logical_not().unsqueeze(-1), &mask_token.to_kind(x.kind()).view([1, 1, w]));
+        let cls = self.class_embedding.to_kind(x.kind()).view([1, 1, w]).expand([b, 1, w], true);
+        let x = Tensor::cat(&[cls, x], 1) + self.positional_embedding.to_kind(images.kind());
+        match &self.ln_pre {
+            Some(ln_pre) => ln_pre.forward(&x),
+            None => x,
+        }
+    }
+
+    /// The patch tokens after `ln_post` (the class token left out), unprojected.
+    ///
+    /// # Shapes
+    /// `x`: [batch, tokens, width] → [batch, tokens − 1, width].
+    pub fn patch_tokens(&self, x: &Tensor) -> Tensor {
+        let patches = x.size()[1] - 1;
+        self.ln_post.forward(&x.narrow(1, 1, patches))
+    }
+
     /// Residual attention blocks.
     pub fn depth(&self) -> usize {
         self.transformer.depth()
@@ -100,6 +128,15 @@ impl VisionTransformer {
             self.ln_post.forward(x).select(1, 0)
         };
         pooled.matmul(&self.proj)
+    }
+
+    /// FILIP's image tokens: `ln_post` and the projection applied to every patch token (the
+    /// class token left out).
+    ///
+    /// # Shapes
+    /// `x`: [batch, tokens, width] → [batch, tokens − 1, embed_dim].
+    pub fn token_head(&self, x: &Tensor) -> Tensor {
+        self.patch_tokens(x).matmul(&self.proj)
     }
 
     /// Encodes normalised images into (unnormalised) embeddings; `dropout` is given in

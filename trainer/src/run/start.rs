@@ -187,8 +187,8 @@ impl<'g> Run<'g> {
         let mut at = StartPosition { step: 0, data: DataPosition::default(), shards: None };
         match (&resume, &cfg.pretrained) {
             (None, Some(path)) => {
-                learner.parts_mut().0.load_safetensors(path)?;
-                tracing::info!(pretrained = %path.display(), "starting from pretrained weights (a fresh optimizer and schedule)");
+                let loaded = learner.parts_mut().0.load_pretrained(path)?;
+                tracing::info!(pretrained = %path.display(), ?loaded, "starting from pretrained weights (a fresh optimizer and schedule)");
             }
             (Some(_), Some(path)) => {
                 tracing::info!(pretrained = %path.display(), "resuming from a checkpoint: pretrained weights not loaded");

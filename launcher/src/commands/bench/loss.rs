@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use clipfleet_trainer::bench::PeakMemory;
 use clipfleet_trainer::device::resolve_device;
+use clipfleet_trainer::loss::filip::{filip_loss_blockwise, FilipLayout, FILIP_TILE_BYTES};
 use clipfleet_trainer::loss::{
     clip_loss, clip_loss_blockwise, siglip_loss, siglip_loss_blockwise, BlockSizes, ContrastiveBatch, LossGradients,
     SIGLIP_INIT_LOGIT_BIAS, SIGLIP_INIT_LOGIT_SCALE,
@@ -33,6 +34,18 @@ pub(crate) enum BenchLossKind {
     Clip,
     /// SigLIP sigmoid loss, all-gather form.
     Siglip,
+    /// FILIP token-wise loss over `--image-tokens` × `--text-tokens` token features.
+    Filip,
+}
+
+impl BenchLossKind {
+    fn name(self) -> &'static str {
+        match self {
+            BenchLossKind::Clip => "clip",
+            BenchLossKind::Siglip => "siglip",
+            BenchLossKind::Filip => "filip",
+        }
+    }
 }
 
 /// `clipfleet bench loss`.
@@ -59,6 +72,13 @@ pub(crate) struct BenchLossArgs {
     /// The loss.
     #[arg(long, value_enum, default_value_t = BenchLossKind::Clip)]
     pub(crate) loss: BenchLossKind,
+    /// FILIP: image tokens per sample (49: ViT-B/32's 7×7 patches).
+    #[arg(long, default_value_t = 49, value_name = "L")]
+    pub(crate) image_tokens: i64,
+    /// FILIP: text positions per sample (77: OpenCLIP's context); a quarter to all of them
+    /// are real tokens, the rest padding.
+    #[arg(long, default_value_t = 77, value_name = "L")]
+    pub(crate) text_tokens: i64,
     /// Timed runs per row (the figure is their mean), after one untimed run of a single block.
     #[arg(long, default_value_t = 1)]
     pub(crate) repeats: u32,
@@ -143,6 +163,9 @@ struct LossReport {
     cpu_model: String,
     /// One N×N fp32 matrix: what the global form holds per logit matrix.
     nxn_matrix_bytes: i64,
+    /// FILIP: image tokens and text positions per sample.
+    #[serde(default)]
+    tokens: Option<(i64, i64)>,
     rows: Vec<LossRow>,
 }
 
@@ -172,6 +195,11 @@ fn validate(args: &BenchLossArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.block_cols.is_none_or(|c| c >= 1), "--block-cols must be >= 1");
     anyhow::ensure!(args.repeats >= 1, "--repeats must be >= 1");
     anyhow::ensure!(args.unblocked_max_gib >= 0.0, "--unblocked-max-gib must be >= 0");
+    anyhow::ensure!(args.image_tokens >= 1 && args.text_tokens >= 1, "--image-tokens and --text-tokens must be >= 1");
+    anyhow::ensure!(
+        !(args.unblocked && args.loss == BenchLossKind::Filip),
+        "--unblocked is for --loss clip or siglip: FILIP's un-blocked b × N × L_i × L_t similarity is what its blocks avoid"
+    );
     Ok(())
 }
 
@@ -181,6 +209,9 @@ fn blocks(args: &BenchLossArgs) -> BlockSizes {
 
 /// Runs one local batch size in this process.
 fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossRow> {
+    if args.loss == BenchLossKind::Filip {
+        return measure_filip(args, b, device);
+    }
     let (n, d) = (args.global_batch, args.dim);
     tch::manual_seed(0);
     // The simulated gather: N×d features already on the device.
@@ -191,6 +222,7 @@ fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossR
         BenchLossKind::Siglip => {
             (Tensor::from(SIGLIP_INIT_LOGIT_SCALE.exp() as f32), Some(Tensor::from(SIGLIP_INIT_LOGIT_BIAS as f32)))
         }
+        BenchLossKind::Filip => unreachable!("measured by measure_filip"),
     };
     let (scale, bias) = (scale.to_device(device), bias.map(|t| t.to_device(device)));
     let run = |rows: i64| -> anyhow::Result<LossGradients> {
@@ -242,7 +274,7 @@ fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossR
     let peak_extra_bytes = if device == Device::Cpu { memory.peak_extra_bytes() } else { None };
     let matmuls = match args.loss {
         BenchLossKind::Clip => 6 + if args.block_cols.is_some_and(|c| c < n) { 2 } else { 0 },
-        BenchLossKind::Siglip => 3,
+        BenchLossKind::Siglip | BenchLossKind::Filip => 3,
     };
     let flops = matmuls as f64 * 2.0 * (b * n * d) as f64;
     let bxn = b * n * F32;
@@ -255,10 +287,70 @@ fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossR
         bxn_matrix_bytes: bxn,
         unblocked_bytes: match args.loss {
             BenchLossKind::Clip => 4 * bxn,
-            BenchLossKind::Siglip => 3 * bxn,
+            BenchLossKind::Siglip | BenchLossKind::Filip => 3 * bxn,
         } + 2 * n * d * F32,
         tile_bytes: blocks(args).tile_bytes(b, n, F32),
         feature_grad_bytes: 2 * n * d * F32,
+        unblocked_seconds: None,
+        unblocked_peak_extra_bytes: None,
+        loss,
+    })
+}
+
+/// FILIP at one local batch size in this process: N samples' token features (image tokens
+/// all real, text tokens real for a random quarter to all of the positions) on the device.
+fn measure_filip(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossRow> {
+    let (n, d, li, lt) = (args.global_batch, args.dim, args.image_tokens, args.text_tokens);
+    let layout = FilipLayout { dim: d, text_tokens: lt };
+    tch::manual_seed(0);
+    let image = l2_normalize(&Tensor::randn([n, li, d], (Kind::Float, device))).reshape([n, li * d]);
+    let lens = Tensor::randint_low((lt / 4).max(1), lt + 1, [n, 1], (Kind::Int64, device));
+    let mask = Tensor::arange(lt, (Kind::Int64, device)).view([1, lt]).lt_tensor(&lens).to_kind(Kind::Float);
+    let tokens = l2_normalize(&Tensor::randn([n, lt, d], (Kind::Float, device))) * mask.unsqueeze(-1);
+    let text = layout.text_rows(&tokens, &mask);
+    drop(tokens);
+    let scale = Tensor::from(100.0f32).to_device(device);
+    let run = |rows: i64| -> anyhow::Result<LossGradients> {
+        let (il, tl) = (image.narrow(0, 0, rows), text.narrow(0, 0, rows));
+        let batch =
+            ContrastiveBatch { image_local: &il, text_local: &tl, image_all: &image, text_all: &text, row_offset: 0 };
+        Ok(filip_loss_blockwise(&batch, layout, &scale, blocks(args))?)
+    };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    sync();
+    let mut memory = PeakMemory::start(Device::Cpu)?;
+    run(b.min(8))?; // warm-up: a few rows
+    sync();
+    memory.reset_peak()?;
+    let start = Instant::now();
+    let mut loss = f64::NAN;
+    for _ in 0..args.repeats {
+        loss = run(b)?.loss.double_value(&[]);
+    }
+    sync();
+    let seconds = start.elapsed().as_secs_f64() / f64::from(args.repeats);
+    let peak_extra_bytes = if device == Device::Cpu { memory.peak_extra_bytes() } else { None };
+    // Token similarities b·N·L_i·L_t·d: pass 1 once, pass 2 forward and two backward matmuls;
+    // twice (one per direction) unless b = N, where both directions score the same pairs.
+    let directions = if b == n { 1.0 } else { 2.0 };
+    let flops = directions * 4.0 * 2.0 * (b * n) as f64 * (li * lt * d) as f64;
+    let bxn = b * n * F32;
+    let token_grads = n * (li * d + lt * (d + 1)) * F32;
+    Ok(LossRow {
+        local_batch: b,
+        world_size: n as f64 / b as f64,
+        seconds,
+        gflops_per_second: flops / seconds / 1e9,
+        peak_extra_bytes,
+        bxn_matrix_bytes: bxn,
+        // The b × N × L_i × L_t similarity, its masked copy and autograd's saved max indices.
+        unblocked_bytes: 3 * bxn * li * lt + token_grads,
+        tile_bytes: FILIP_TILE_BYTES,
+        feature_grad_bytes: token_grads,
         unblocked_seconds: None,
         unblocked_peak_extra_bytes: None,
         loss,
@@ -273,7 +365,8 @@ fn measure_in_child(args: &BenchLossArgs, b: i64, form: Form) -> anyhow::Result<
         .args(["--global-batch", &args.global_batch.to_string(), "--dim", &args.dim.to_string()])
         .args(["--block-size", &args.block_size.to_string(), "--repeats", &args.repeats.to_string()])
         .args(["--device", &args.device, "--threads", &args.threads.to_string()])
-        .args(["--loss", if args.loss == BenchLossKind::Clip { "clip" } else { "siglip" }])
+        .args(["--loss", args.loss.name()])
+        .args(["--image-tokens", &args.image_tokens.to_string(), "--text-tokens", &args.text_tokens.to_string()])
         .args(["--form", if form == Form::Blockwise { "blockwise" } else { "unblocked" }]);
     if let Some(c) = args.block_cols {
         cmd.args(["--block-cols", &c.to_string()]);
@@ -327,6 +420,7 @@ pub(crate) fn run(args: BenchLossArgs) -> anyhow::Result<()> {
         threads: tch::get_num_threads(),
         cpu_model: clipfleet_trainer::bench::memory::cpu_model(),
         nxn_matrix_bytes: args.global_batch * args.global_batch * F32,
+        tokens: (args.loss == BenchLossKind::Filip).then_some((args.image_tokens, args.text_tokens)),
         rows,
     };
     if args.json {
@@ -345,6 +439,13 @@ pub(crate) fn run(args: BenchLossArgs) -> anyhow::Result<()> {
         report.threads,
         gib(report.nxn_matrix_bytes as f64)
     );
+    if let Some((li, lt)) = report.tokens {
+        println!(
+            "FILIP: {li} image tokens × {lt} text positions per pair; tiles of {} token similarities (\"tile\"); \
+             \"un-blocked est\" is the whole b×N×{li}×{lt} similarity with its masked copy and saved indices",
+            gib(FILIP_TILE_BYTES as f64)
+        );
+    }
     println!(
         "{:>8} {:>8} {:>10} {:>10} {:>12} {:>12} {:>14} {:>10} {:>12} {:>14}",
         "b",
