@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod checkpoints;
+mod coca_parity;
 mod common;
 mod dist;
 mod loss_parity;

@@ -455,36 +455,7 @@ impl Clip {
     /// or by clipfleet. Every model parameter and buffer must be present with the right shape
     /// and no unknown tensor may be left over; tensors are converted to the model's dtypes.
     pub fn load_safetensors(&mut self, path: &Path) -> Result<()> {
-        let weights_error = |reason: String| TrainError::Weights { path: path.to_path_buf(), reason };
-        if !path.is_file() {
-            return Err(weights_error("no such file".into()));
-        }
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
-        let mut by_name: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-        let vars = self.state_dict();
-        let expected: BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
-        let missing: Vec<&str> = expected.iter().filter(|n| !by_name.contains_key(**n)).copied().collect();
-        let unexpected: Vec<&String> = by_name.keys().filter(|n| !expected.contains(n.as_str())).collect();
-        if !missing.is_empty() || !unexpected.is_empty() {
-            return Err(weights_error(format!(
-                "does not match the model config: missing {missing:?}, unexpected {unexpected:?}"
-            )));
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (name, var) in &vars {
-                let Some(src) = by_name.remove(name) else { continue };
-                if src.size() != var.size() {
-                    return Err(weights_error(format!(
-                        "`{name}` has shape {:?}, the model expects {:?}",
-                        src.size(),
-                        var.size()
-                    )));
-                }
-                var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
-            }
-            Ok(())
-        })
+        load_state(&self.state_dict(), path)
     }
 
     /// Loads `--pretrained` weights: a whole state dict as [`Clip::load_safetensors`], or an
@@ -529,17 +500,56 @@ impl Clip {
     /// Writes every parameter (float32) and batch-norm buffer (float32 statistics, int64
     /// counters, as OpenCLIP) to `path` as safetensors with OpenCLIP's keys.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = self
-            .state_dict()
-            .into_iter()
-            .map(|(n, t)| {
-                let kind = if t.is_floating_point() { Kind::Float } else { t.kind() };
-                (n, t.detach().to_device(Device::Cpu).to_kind(kind).contiguous())
-            })
-            .collect();
-        Tensor::write_safetensors(&tensors, path)
-            .map_err(|e| TrainError::Weights { path: path.to_path_buf(), reason: format!("cannot write: {e}") })
+        save_state(self.state_dict(), path)
     }
+}
+
+/// Loads a safetensors state dict into `vars` (name, variable): every variable must be present
+/// with its shape and no unknown tensor may be left over; tensors are converted to the
+/// variables' dtypes and devices.
+pub(crate) fn load_state(vars: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let weights_error = |reason: String| TrainError::Weights { path: path.to_path_buf(), reason };
+    if !path.is_file() {
+        return Err(weights_error("no such file".into()));
+    }
+    let tensors =
+        Tensor::read_safetensors(path).map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
+    let mut by_name: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    let expected: BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+    let missing: Vec<&str> = expected.iter().filter(|n| !by_name.contains_key(**n)).copied().collect();
+    let unexpected: Vec<&String> = by_name.keys().filter(|n| !expected.contains(n.as_str())).collect();
+    if !missing.is_empty() || !unexpected.is_empty() {
+        return Err(weights_error(format!(
+            "does not match the model config: missing {missing:?}, unexpected {unexpected:?}"
+        )));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in vars {
+            let Some(src) = by_name.remove(name) else { continue };
+            if src.size() != var.size() {
+                return Err(weights_error(format!(
+                    "`{name}` has shape {:?}, the model expects {:?}",
+                    src.size(),
+                    var.size()
+                )));
+            }
+            var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
+        }
+        Ok(())
+    })
+}
+
+/// Writes `tensors` (float ones as float32, others as they are) to `path` as safetensors.
+pub(crate) fn save_state(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| {
+            let kind = if t.is_floating_point() { Kind::Float } else { t.kind() };
+            (n, t.detach().to_device(Device::Cpu).to_kind(kind).contiguous())
+        })
+        .collect();
+    Tensor::write_safetensors(&tensors, path)
+        .map_err(|e| TrainError::Weights { path: path.to_path_buf(), reason: format!("cannot write: {e}") })
 }
 
 /// What [`Clip::forward_checkpointed`] keeps for [`Clip::backward_checkpointed`]: the inputs

@@ -1,6 +1,7 @@
 //! The OpenCLIP-compatible model zoo: configs and presets, the towers and the dual encoder.
 
 pub mod clip;
+pub mod coca;
 pub mod config;
 pub mod flops;
 pub mod lock;

@@ -14,7 +14,8 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn apply(self, x: &Tensor) -> Tensor {
+    /// Applies the activation.
+    pub(crate) fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Gelu => x.gelu("none"),
             Activation::QuickGelu => x * (x * 1.702).sigmoid(),
@@ -116,6 +117,26 @@ impl ResidualAttentionBlock {
         self.out_proj.forward(&out.transpose(1, 2).reshape([b, l, w]))
     }
 
+    /// The block with an additive attention mask (0 or −inf) instead of the causal flag.
+    ///
+    /// # Shapes
+    /// `x`: [batch, tokens, width], `mask`: broadcastable to [batch, heads, tokens, tokens].
+    pub fn forward_masked(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+        let h = self.ln_1.forward(x);
+        let (b, l, w) = h.size3().expect("attention input is [batch, tokens, width]");
+        let head_dim = w / self.heads;
+        let qkv = h
+            .linear(&self.in_proj_weight, Some(&self.in_proj_bias))
+            .view([b, l, 3, self.heads, head_dim])
+            .permute([2, 0, 3, 1, 4]);
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let mask = mask.to_kind(q.kind());
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
+        let x = x + self.out_proj.forward(&out.transpose(1, 2).reshape([b, l, w]));
+        let h = self.activation.apply(&self.c_fc.forward(&self.ln_2.forward(&x)));
+        x + self.c_proj.forward(&h)
+    }
+
     /// # Shapes
     /// `x`: [batch, tokens, width] → [batch, tokens, width].
     pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
@@ -157,6 +178,11 @@ impl Transformer {
     /// Block `i` alone.
     pub fn block(&self, i: usize, x: &Tensor, causal: bool) -> Tensor {
         self.resblocks[i].forward(x, causal)
+    }
+
+    /// Block `i` with an additive attention mask.
+    pub fn block_masked(&self, i: usize, x: &Tensor, mask: &Tensor) -> Tensor {
+        self.resblocks[i].forward_masked(x, mask)
     }
 
     /// # Shapes
