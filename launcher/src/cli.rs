@@ -39,6 +39,12 @@ pub(crate) enum Command {
     Eval(EvalArgs),
     /// Embed images and/or captions with a checkpoint or OpenCLIP weights, into a safetensors file.
     Embed(EmbedArgs),
+    /// Caption images with a CoCa model (OpenCLIP's `coca_ViT-B-32`, `coca_ViT-L-14` or a CoCa
+    /// config file) and its weights: greedy decoding (OpenCLIP's `generate(generation_type="top_k",
+    /// top_k=1)`, token for token) or beam search (`--beam`, OpenCLIP's default `generate`).
+    ///
+    /// Example: `clipfleet caption --model coca_ViT-B-32 --weights coca.safetensors --images a.jpg b.jpg`
+    Caption(CaptionArgs),
     /// Masked image modelling, EVA-style: pretrain a ViT image tower by regressing a frozen CLIP
     /// teacher's patch features at block-wise masked patches (cosine loss), on the synthetic data.
     /// Writes `image_tower.safetensors`, which `train --pretrained` loads into a CLIP image tower.
@@ -241,6 +247,51 @@ pub(crate) struct EmbedArgs {
     /// Device: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub(crate) device: clipfleet_trainer::config::DeviceSpec,
+}
+
+/// `clipfleet caption`.
+#[derive(Debug, Args)]
+pub(crate) struct CaptionArgs {
+    /// CoCa preset: coca_ViT-B-32 or coca_ViT-L-14.
+    #[arg(long, conflicts_with = "model_config", required_unless_present = "model_config")]
+    pub(crate) model: Option<String>,
+    /// An OpenCLIP CoCa model-config JSON file (`coca_*.json`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) model_config: Option<PathBuf>,
+    /// Weights: OpenCLIP's CoCa state dict as safetensors.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub(crate) weights: PathBuf,
+    /// JPEG, PNG or WebP images; resized (short side, bicubic), centre-cropped and normalised as in OpenCLIP.
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    pub(crate) images: Vec<PathBuf>,
+    /// Beam search instead of greedy decoding.
+    #[arg(long)]
+    pub(crate) beam: bool,
+    /// Beams (OpenCLIP's num_beams; its 3 groups without a diversity penalty search the same
+    /// num_beams / num_beam_groups beams).
+    #[arg(long, default_value_t = 6)]
+    pub(crate) num_beams: i64,
+    /// OpenCLIP's num_beam_groups.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) num_beam_groups: i64,
+    /// The longest caption in tokens, start and end included (OpenCLIP's seq_len).
+    #[arg(long, default_value_t = 30)]
+    pub(crate) seq_len: i64,
+    /// The end token is not allowed before this many tokens (OpenCLIP's min_seq_len).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) min_seq_len: i64,
+    /// BPE vocabulary file (default: the one scripts/setup.sh fetches, or CLIPFLEET_BPE_VOCAB).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) vocab: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) batch_size: usize,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub(crate) device: clipfleet_trainer::config::DeviceSpec,
+    /// Print one JSON object per image (path, ids, caption).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `clipfleet mim`.

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Embed(args) => commands::embed::run(args),
         cli::Command::Mim(args) => commands::mim::run(args),
+        cli::Command::Caption(args) => commands::caption::run(args),
         cli::Command::Bench(cli::BenchCommand::Train(args)) => commands::bench::train(args),
         cli::Command::Bench(cli::BenchCommand::Data(args)) => commands::bench::data::run(args),
         cli::Command::Bench(cli::BenchCommand::Loss(args)) => commands::bench::loss::run(args),

@@ -4,6 +4,7 @@
 mod bench_data;
 mod bench_loss;
 mod bench_train;
+mod caption;
 mod cli;
 mod common;
 mod crash;

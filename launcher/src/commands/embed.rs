@@ -15,7 +15,7 @@ use crate::cli::EmbedArgs;
 
 /// Reads and decodes an image at full size, as PIL does (libjpeg-turbo for JPEG), refusing one
 /// whose header announces more than the decompression-bomb limit, then OpenCLIP's eval crop.
-fn load_image(path: &std::path::Path, size: u32) -> anyhow::Result<image::RgbImage> {
+pub(crate) fn load_image(path: &std::path::Path, size: u32) -> anyhow::Result<image::RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let img = decode_rgb(&bytes, &ext, None, DEFAULT_MAX_PIXELS).map_err(|reason| match reason {

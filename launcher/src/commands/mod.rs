@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod caption;
 pub(crate) mod embed;
 pub(crate) mod eval;
 pub(crate) mod launch;
