@@ -32,7 +32,7 @@ import time
 
 import torch
 import open_clip
-from open_clip.loss import ClipLoss, SigLipLoss
+from open_clip.loss import ClipLoss, CoCaLoss, SigLipLoss
 
 # open_clip.constants.OPENAI_DATASET_MEAN / _STD
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -98,7 +98,13 @@ def main():
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"
     torch.manual_seed(0)
-    model = open_clip.model.CLIP(**cfg, output_dict=True).to(dev)
+    coca = "multimodal_cfg" in cfg
+    if coca:
+        # OpenCLIP's CoCa, as create_model builds it for a coca_*.json.
+        from open_clip.coca_model import CoCa
+        model = CoCa(**{k: v for k, v in cfg.items() if k != "custom_text"}).to(dev)
+    else:
+        model = open_clip.model.CLIP(**cfg, output_dict=True).to(dev)
     input_dtype = None
     if a.precision == "pure_bf16":
         model = model.to(torch.bfloat16)
@@ -113,7 +119,11 @@ def main():
     opt, fused = make_optimizer(model, a.lr, a.weight_decay)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.precision == "amp_bf16" \
         else contextlib.nullcontext
-    loss_fn = SigLipLoss() if a.loss == "siglip" else ClipLoss(cache_labels=True)
+    if coca:
+        # open_clip_train's defaults: --coca-caption-loss-weight 2, --coca-contrastive-loss-weight 1.
+        loss_fn = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, cache_labels=True)
+    else:
+        loss_fn = SigLipLoss() if a.loss == "siglip" else ClipLoss(cache_labels=True)
 
     s = cfg["vision_cfg"]["image_size"]
     s = tuple(s) if isinstance(s, (list, tuple)) else (s, s)

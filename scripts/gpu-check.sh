@@ -24,7 +24,7 @@
 #      nccl` whose final evaluation `clipfleet eval` reproduces from the checkpoint;
 #   2. throughput: `clipfleet bench train` (amp_bf16), then OpenCLIP's step with the same settings
 #      (scripts/bench_openclip_train.py) in its own process once clipfleet's has exited, for
-#      ViT-B-32 256, RN50 256, ViT-B-16 256, ViT-L-14 128; OpenCLIP's own script (scripts/gpu/bench_openclip.py)
+#      ViT-B-32 256, RN50 256, coca_ViT-B-32 128, ViT-B-16 256, ViT-L-14 128; OpenCLIP's own script (scripts/gpu/bench_openclip.py)
 #      for ViT-B-32, eager;
 #   3. end to end: ViT-B-32 at batch 256 from JPEG WebDataset shards made here, data-wait fraction;
 #   4. optional, when at least 150 s are left: OpenCLIP's own script with torch.compile.
@@ -86,7 +86,8 @@ if [ "$MODE" = gpu ]; then
     --eval-samples 512 --log-every 10)
   BENCH_PRECISION=amp_bf16
   # MODEL BATCH TIMED_STEPS WARMUP NEED(s) TIMEOUT(s per process)
-  BENCH_ROWS=("ViT-B-32 256 20 5 50 90" "RN50 256 10 3 50 100" "ViT-B-16 256 10 3 60 110" "ViT-L-14 128 6 2 80 150")
+  BENCH_ROWS=("ViT-B-32 256 20 5 50 90" "RN50 256 10 3 50 100" "coca_ViT-B-32 128 10 3 60 110" "ViT-B-16 256 10 3 60 110"
+    "ViT-L-14 128 6 2 80 150")
   OPENCLIP_ROW=(ViT-B-32 256 20 5) # model (an open_clip name, or a clipfleet preset), batch, steps, warm-up
   E2E=(ViT-B-32 256 30 5 10 256)   # model, batch, steps, warm-up, log every, eval samples
   E2E_SHARDS=8 E2E_PER_SHARD=1024 E2E_IMAGE=256 E2E_MAX_WAIT=0.05
@@ -102,7 +103,7 @@ else
   RT_LAUNCH=()
   RT_TRAIN=(--device cpu --batch-size 16 --steps 3 --warmup 1 --checkpoint-every 2 --eval-samples 64 --log-every 1)
   BENCH_PRECISION=fp32
-  BENCH_ROWS=("tiny 16 2 1 20 120" "tiny-rn 16 2 1 20 120")
+  BENCH_ROWS=("tiny 16 2 1 20 120" "tiny-rn 16 2 1 20 120" "tiny-coca 16 2 1 20 120")
   OPENCLIP_ROW=(tiny 16 1 1)
   E2E=(tiny 16 4 1 2 32)
   E2E_SHARDS=2 E2E_PER_SHARD=48 E2E_IMAGE=64 E2E_MAX_WAIT=0.5 # the dry run checks the path, not the speed

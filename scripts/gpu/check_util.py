@@ -69,6 +69,17 @@ def _resnet(image_size, layers, width):
             "patch_size": None, "final_ln_after_pool": False, "no_ln_pre": False}
 
 
+def _coca(embed_dim, vision, text, pooler_heads, decoder_pool_heads, queries=None):
+    vision = dict(vision, attentional_pool=True, attn_pooler_heads=pooler_heads, output_tokens=True)
+    if queries is not None:
+        vision["attn_pooler_queries"] = queries
+    text = dict(text, embed_cls=True, output_tokens=True)
+    multimodal = {"context_length": text["context_length"], "vocab_size": text["vocab_size"], "width": text["width"],
+                  "heads": text["heads"], "layers": text["layers"], "attn_pooler_heads": decoder_pool_heads}
+    return {"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": text, "multimodal_cfg": multimodal,
+            "custom_text": True}
+
+
 PRESETS = {
     "tiny": {"embed_dim": 128, "vision_cfg": _vit(64, 3, 128, 8), "text_cfg": _text(128, 2, 3, 512, 32)},
     "small": {"embed_dim": 256, "vision_cfg": _vit(64, 6, 256, 8), "text_cfg": _text(256, 4, 6, 512, 32)},
@@ -77,6 +88,8 @@ PRESETS = {
     "ViT-L-14": {"embed_dim": 768, "vision_cfg": _vit(224, 24, 1024, 14), "text_cfg": _text(768, 12)},
     "tiny-rn": {"embed_dim": 128, "vision_cfg": _resnet(64, [1, 1, 1, 1], 16), "text_cfg": _text(128, 2, 3, 512, 32)},
     "RN50": {"embed_dim": 1024, "vision_cfg": _resnet(224, [3, 4, 6, 3], 64), "text_cfg": _text(512, 8)},
+    "tiny-coca": _coca(128, _vit(64, 3, 128, 8), _text(128, 2, 3, 512, 32), 2, 2, queries=17),
+    "coca_ViT-B-32": _coca(512, _vit(224, 12, 768, 32), _text(512, 8, context_length=76), 8, 8),
 }
 
 

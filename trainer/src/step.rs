@@ -31,6 +31,7 @@ use crate::error::{Result, TrainError};
 use crate::loss::blockwise::{clip_loss_blockwise, siglip_loss_blockwise, BlockSizes, LossGradients};
 use crate::loss::filip::filip_loss_blockwise;
 use crate::loss::ContrastiveBatch;
+use crate::model::coca::{caption_loss_sum, CAPTION_LOSS_WEIGHT};
 use crate::model::{Clip, SampleKeys};
 use crate::precision::Precision;
 
@@ -131,6 +132,19 @@ impl std::fmt::Debug for ContrastiveStep<'_> {
 }
 
 impl ContrastiveStep<'_> {
+    /// CoCa's caption-loss factor: `2 · W / T`, T the non-padding targets (`tokens[:, 1:] ≠ 0`)
+    /// of the global batch (one all-reduce of a count).
+    fn caption_weight(&self, tokens: &Tensor, world: f64) -> Result<f64> {
+        let l = tokens.size()[1];
+        let local = tokens.narrow(1, 1, l - 1).ne(0).sum(Kind::Double).view([1]);
+        let mut total = local.to_device(tokens.device());
+        if self.group.world_size() > 1 {
+            self.group.all_reduce(&mut total, ReduceOp::Sum)?;
+        }
+        let total = total.double_value(&[0]);
+        Ok(if total > 0.0 { CAPTION_LOSS_WEIGHT * world / total } else { 0.0 })
+    }
+
     /// Accumulates into the parameters' gradients (zero them first) the gradient of the
     /// global batch's loss, and all-reduces them over the ranks. `batch` holds this rank's
     /// rows, split into `accum` equal micro-batches; its images are normalised on the device
@@ -163,12 +177,26 @@ impl ContrastiveStep<'_> {
         };
         let checkpointed = model.grad_checkpointing();
         let filip = self.loss == LossKind::Filip;
-        let embed = |images: &Tensor, tokens: &Tensor| {
-            self.precision.forward(|| match filip {
-                true => model.forward_filip(&model_input(images), tokens),
-                false => model.forward(&model_input(images), tokens),
+        // CoCa: the caption loss of the global batch is 2 · (Σ token cross-entropy) / (its
+        // non-padding targets), so each rank back-propagates its sum times 2·W / total, and
+        // the average over ranks is one process's gradient.
+        let coca = model.config().is_coca();
+        let caption_weight = if coca { self.caption_weight(tokens, world_size(self.group))? } else { 0.0 };
+        let embed = |images: &Tensor, tokens: &Tensor| -> (Tensor, Tensor, Option<Tensor>) {
+            self.precision.forward(|| {
+                if coca {
+                    let out = model.forward_coca(&model_input(images), tokens);
+                    let (sum, _) = caption_loss_sum(&out.logits, &out.labels);
+                    return (out.image_features, out.text_features, Some(sum));
+                }
+                let (fi, ft) = match filip {
+                    true => model.forward_filip(&model_input(images), tokens),
+                    false => model.forward(&model_input(images), tokens),
+                };
+                (fi, ft, None)
             })
         };
+        let mut caption_sum = 0.0f64;
 
         // 1. Features: with a graph (or the blocks' inputs, with gradient checkpointing) to
         // reuse when there is one micro-batch, else cached without.
@@ -181,9 +209,12 @@ impl ContrastiveStep<'_> {
                 kept = Some(Kept::Checkpoints(ckpt));
                 (fi, ft)
             } else {
-                let (fi, ft) = embed(images, tokens);
+                let (fi, ft, caption) = embed(images, tokens);
                 let detached = (fi.detach(), ft.detach());
-                kept = Some(Kept::Graph(fi, ft));
+                if let Some(c) = &caption {
+                    caption_sum += c.double_value(&[]);
+                }
+                kept = Some(Kept::Graph(fi, ft, caption));
                 detached
             }
         } else {
@@ -193,7 +224,10 @@ impl ContrastiveStep<'_> {
                 for j in 0..accum {
                     replay.seed_micro(j);
                     set_keys(j);
-                    let (fi, ft) = embed(&slice(images, j), &slice(tokens, j));
+                    let (fi, ft, caption) = embed(&slice(images, j), &slice(tokens, j));
+                    if let Some(c) = &caption {
+                        caption_sum += c.double_value(&[]);
+                    }
                     fis.push(fi);
                     fts.push(ft);
                 }
@@ -246,7 +280,9 @@ impl ContrastiveStep<'_> {
 
         // 5. Back into the towers, one micro-batch at a time.
         match kept {
-            Some(Kept::Graph(fi, ft)) => backward_through_towers(surrogate(&fi, &ft, &g_image, &g_text)),
+            Some(Kept::Graph(fi, ft, caption)) => {
+                backward_through_towers(with_caption(surrogate(&fi, &ft, &g_image, &g_text), caption, caption_weight))
+            }
             Some(Kept::Checkpoints(ckpt)) => model.backward_checkpointed(self.precision, ckpt, &g_image, &g_text),
             None => {
                 for j in 0..accum {
@@ -262,8 +298,8 @@ impl ContrastiveStep<'_> {
                         );
                         model.backward_checkpointed(self.precision, ckpt, &gi, &gt);
                     } else {
-                        let (fi, ft) = embed(&slice(images, j), &slice(tokens, j));
-                        backward_through_towers(surrogate(&fi, &ft, &gi, &gt));
+                        let (fi, ft, caption) = embed(&slice(images, j), &slice(tokens, j));
+                        backward_through_towers(with_caption(surrogate(&fi, &ft, &gi, &gt), caption, caption_weight));
                     }
                 }
             }
@@ -281,14 +317,17 @@ impl ContrastiveStep<'_> {
         let t = Instant::now();
         all_reduce_gradients(self.group, &model.named_parameters(), self.bucket_bytes)?;
         times.all_reduce += t.elapsed().as_secs_f64();
-        Ok(StepOutput { loss: grads.loss, times })
+        // CoCa: loss_r = its contrastive loss + its share of the caption loss; their mean over
+        // the ranks is the one-process loss.
+        let loss = if coca { grads.loss + caption_sum * caption_weight } else { grads.loss };
+        Ok(StepOutput { loss, times })
     }
 }
 
 /// What the first forward pass keeps for the backward pass when there is one micro-batch.
 enum Kept {
-    /// The features with their autograd graph.
-    Graph(Tensor, Tensor),
+    /// The features with their autograd graph (and CoCa's caption cross-entropy sum).
+    Graph(Tensor, Tensor, Option<Tensor>),
     /// The blocks' inputs (gradient checkpointing).
     Checkpoints(crate::model::Checkpoints),
 }
@@ -299,6 +338,18 @@ fn backward_through_towers(surrogate: Tensor) {
     if surrogate.requires_grad() {
         surrogate.backward();
     }
+}
+
+/// The surrogate plus CoCa's weighted caption cross-entropy sum, when there is one.
+fn with_caption(surrogate: Tensor, caption: Option<Tensor>, weight: f64) -> Tensor {
+    match caption {
+        Some(c) => surrogate + c * weight,
+        None => surrogate,
+    }
+}
+
+fn world_size(group: &dyn ProcessGroup) -> f64 {
+    group.world_size() as f64
 }
 
 /// Σ f·g over both towers: its gradient with respect to f is g.

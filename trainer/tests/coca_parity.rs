@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use clipfleet_trainer::model::coca::{Coca, CocaConfig, Decoding, SpecialTokens};
+use clipfleet_trainer::model::coca::{Decoding, SpecialTokens};
+use clipfleet_trainer::model::{Clip, ClipConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::common::{fixtures, max_abs_diff, read_tensors};
@@ -13,22 +14,27 @@ use crate::common::{fixtures, max_abs_diff, read_tensors};
 /// Tolerance of every float tensor (fp32, CPU), from the issue: 1e-4.
 const TOL: f64 = 1e-4;
 
-fn load(dir: &Path, name: &str) -> (CocaConfig, Coca, BTreeMap<String, Tensor>) {
-    let cfg = CocaConfig::from_json_file(&dir.join(format!("{name}_config.json"))).unwrap();
-    let mut model = Coca::new(&cfg, Device::Cpu).unwrap();
+fn load(dir: &Path, name: &str) -> (ClipConfig, Clip, BTreeMap<String, Tensor>) {
+    let cfg = ClipConfig::from_json_file(&dir.join(format!("{name}_config.json"))).unwrap();
+    assert!(cfg.is_coca());
+    let mut model = Clip::new(&cfg, Device::Cpu).unwrap();
     model.load_safetensors(&dir.join(format!("{name}_model.safetensors"))).unwrap();
     (cfg, model, read_tensors(&dir.join(format!("{name}_io.safetensors"))))
 }
 
 /// Features, tokens, logits and losses.
-fn check_forward(model: &Coca, io: &BTreeMap<String, Tensor>) {
+fn check_forward(model: &Clip, io: &BTreeMap<String, Tensor>) {
     tch::no_grad(|| {
         let (image, text) = (&io["image"], &io["text"]);
-        let (image_features, image_tokens) = model.encode_image(image);
-        let (text_features, text_tokens) = model.encode_text(text);
-        let (image_embeds, text_embeds) = model.embeddings(image, text);
-        let out = model.forward(image, text);
-        let (clip, caption) = model.loss(&out);
+        let (image_features, image_tokens) = model.encode_image_coca(image);
+        let (text_features, text_tokens) = model.encode_text_coca(text);
+        let (image_embeds, text_embeds) = (model.encode_image(image), model.encode_text(text));
+        // The contrastive features as every evaluation takes them.
+        let (pooled_image, pooled_text) = model.forward(image, text);
+        assert!(max_abs_diff(&pooled_image, &io["image_features"]) < TOL);
+        assert!(max_abs_diff(&pooled_text, &io["text_features"]) < TOL);
+        let out = model.forward_coca(image, text);
+        let (clip, caption) = model.coca_loss(&out);
         let checks = [
             ("image_features", image_features),
             ("image_tokens", image_tokens),
@@ -51,7 +57,7 @@ fn check_forward(model: &Coca, io: &BTreeMap<String, Tensor>) {
     });
 }
 
-fn decoding(cfg: &CocaConfig, seq_len: i64, fixed: bool) -> Decoding {
+fn decoding(cfg: &ClipConfig, seq_len: i64, fixed: bool) -> Decoding {
     let vocab = cfg.text_cfg.vocab_size;
     Decoding {
         seq_len,
@@ -63,7 +69,7 @@ fn decoding(cfg: &CocaConfig, seq_len: i64, fixed: bool) -> Decoding {
 
 /// Token for token OpenCLIP's `generate`: greedy (`top_k=1`), with `fixed_output_length`, and
 /// the default beam search.
-fn check_captions(cfg: &CocaConfig, model: &Coca, io: &BTreeMap<String, Tensor>, seq_len: i64) {
+fn check_captions(cfg: &ClipConfig, model: &Clip, io: &BTreeMap<String, Tensor>, seq_len: i64) {
     let image = &io["image"];
     let greedy = model.generate_greedy(image, decoding(cfg, seq_len, false)).unwrap();
     println!("greedy: {greedy}");
@@ -100,7 +106,7 @@ fn coca_weights_round_trip() {
     for (k, t) in &written {
         assert!(t.equal(&original[k]), "{k}");
     }
-    let mut again = Coca::new(&cfg, Device::Cpu).unwrap();
+    let mut again = Clip::new(&cfg, Device::Cpu).unwrap();
     again.load_safetensors(&path).unwrap();
     check_forward(&again, &io);
 }
@@ -109,8 +115,8 @@ fn coca_weights_round_trip() {
 /// `gen_coca_parity.py`'s oracle printed) and 253,560,065 parameters.
 #[test]
 fn coca_b32_preset_has_open_clip_keys() {
-    let cfg = CocaConfig::preset("coca_ViT-B-32").unwrap();
-    let model = Coca::new(&cfg, Device::Cpu).unwrap();
+    let cfg = ClipConfig::preset("coca_ViT-B-32").unwrap();
+    let model = Clip::new(&cfg, Device::Cpu).unwrap();
     let ours: Vec<String> = model
         .named_parameters()
         .iter()
@@ -134,7 +140,7 @@ fn coca_b32_preset_has_open_clip_keys() {
 fn coca_b32_matches_open_clip() {
     let dir = std::env::var("COCA_B32_DIR").expect("COCA_B32_DIR");
     let (cfg, model, io) = load(Path::new(&dir), "coca_ViT-B-32");
-    assert_eq!(cfg, CocaConfig::preset("coca_ViT-B-32").unwrap(), "the preset equals OpenCLIP's config");
+    assert_eq!(cfg, ClipConfig::preset("coca_ViT-B-32").unwrap(), "the preset equals OpenCLIP's config");
     check_forward(&model, &io);
     check_captions(&cfg, &model, &io, io["greedy"].size()[1].max(io["beam"].size()[1]).max(10));
 }

@@ -150,6 +150,16 @@ fn filip_gradients_of_2_ranks_equal_one_process() {
     assert_gradients_match(2, &["filip", "8", "2", "--grad-checkpointing", "--patch-dropout", "0.5"]);
 }
 
+/// CoCa: the contrastive loss over the gathered batch plus the caption loss over the global
+/// batch's tokens (each rank weighting its token sum by 2·W / the global count) give one
+/// process's gradients, with and without gradient caching.
+#[test]
+fn coca_gradients_of_2_ranks_equal_one_process() {
+    assert_gradients_match(1, &["clip", "8", "4", "--coca"]);
+    assert_gradients_match(2, &["clip", "8", "1", "--coca"]);
+    assert_gradients_match(2, &["clip", "8", "2", "--coca"]);
+}
+
 /// Patch dropout (FLIP): each sample keeps the patches drawn for its row of the global batch,
 /// so 2 ranks (and gradient caching) give one process's gradients over the same samples.
 #[test]

@@ -7,7 +7,8 @@ use clipfleet_dataloader::tokenizer::word::WordTokenizer;
 use clipfleet_dataloader::tokenizer::BpeTokenizer;
 use clipfleet_trainer::data::images_to_tensor;
 use clipfleet_trainer::device::resolve_device;
-use clipfleet_trainer::model::coca::{Coca, CocaConfig, Decoding, SpecialTokens};
+use clipfleet_trainer::model::coca::{Decoding, SpecialTokens};
+use clipfleet_trainer::model::{resolve_model, Clip};
 use serde::Serialize;
 
 use crate::cli::CaptionArgs;
@@ -15,19 +16,19 @@ use crate::commands::embed::load_image;
 
 /// Turns caption ids back into text.
 enum Decoder {
-    Bpe(BpeTokenizer),
+    Bpe(Box<BpeTokenizer>),
     Words(WordTokenizer),
 }
 
 impl Decoder {
     fn for_vocab(vocab_size: i64, path: Option<&std::path::Path>) -> anyhow::Result<Self> {
         match (vocab_size, path) {
-            (_, Some(path)) => Ok(Decoder::Bpe(BpeTokenizer::from_file(path)?)),
+            (_, Some(path)) => Ok(Decoder::Bpe(Box::new(BpeTokenizer::from_file(path)?))),
             (49408, None) => {
                 let path = default_vocab_path().context(
                     "no BPE vocabulary: give --vocab bpe_simple_vocab_16e6.txt.gz (scripts/setup.sh fetches it into .cache/)",
                 )?;
-                Ok(Decoder::Bpe(BpeTokenizer::from_file(&path)?))
+                Ok(Decoder::Bpe(Box::new(BpeTokenizer::from_file(&path)?)))
             }
             (512, None) => Ok(Decoder::Words(WordTokenizer::new())),
             (n, None) => bail!("no tokenizer for a vocabulary of {n} ids: give --vocab"),
@@ -63,12 +64,11 @@ pub(crate) fn run(args: CaptionArgs) -> anyhow::Result<()> {
         args.num_beam_groups
     );
     let device = resolve_device(args.device)?;
-    let config = match (&args.model, &args.model_config) {
-        (_, Some(path)) => CocaConfig::from_json_file(path)?,
-        (Some(name), None) => CocaConfig::preset(name)?,
-        (None, None) => bail!("give --model or --model-config"),
-    };
-    let mut model = Coca::new(&config, device)?;
+    let config = resolve_model(args.model.as_deref(), args.model_config.as_deref())?;
+    if !config.is_coca() {
+        bail!("invalid model for `caption`: allowed a CoCa (coca_ViT-B-32, coca_ViT-L-14, tiny-coca, or a config with multimodal_cfg)");
+    }
+    let mut model = Clip::new(&config, device)?;
     model.load_safetensors(&args.weights)?;
     let vocab = config.text_cfg.vocab_size;
     let decoder = Decoder::for_vocab(vocab, args.vocab.as_deref())?;

@@ -72,7 +72,7 @@ fn run(backend: &str) -> Result<String, String> {
 
 fn grads(args: &[String]) -> Result<String, String> {
     let usage = || {
-        "usage: clipfleet-dist-check grads clip|siglip|filip LOCAL_BATCH ACCUM [ROWS COLS] [--patch-dropout P] [--grad-checkpointing]"
+        "usage: clipfleet-dist-check grads clip|siglip|filip LOCAL_BATCH ACCUM [ROWS COLS] [--patch-dropout P] [--grad-checkpointing] [--coca]"
             .to_string()
     };
     let mut options = gradient_check::CheckOptions::default();
@@ -84,6 +84,7 @@ fn grads(args: &[String]) -> Result<String, String> {
                 options.patch_dropout = it.next().and_then(|p| p.parse().ok()).ok_or_else(usage)?;
             }
             "--grad-checkpointing" => options.grad_checkpointing = true,
+            "--coca" => options.coca = true,
             _ => positional.push(arg.clone()),
         }
     }

@@ -295,6 +295,20 @@ impl TrainConfig {
         if self.loss == LossKind::Filip {
             cfg.validate_for_filip()?;
         }
+        if cfg.is_coca() {
+            let refusals = [
+                ("loss", self.loss != LossKind::Clip, "clip for CoCa (its contrastive half is CLIP's loss)"),
+                ("grad_checkpointing", self.grad_checkpointing, "false for CoCa"),
+                ("force_patch_dropout", self.force_patch_dropout.is_some_and(|p| p > 0.0), "0 or unset for CoCa"),
+                ("lock_text", self.lock_text, "false for CoCa (OpenCLIP's CoCa has no text lock)"),
+                ("lock_image_unlocked_groups", self.lock_image_unlocked_groups > 0, "0 for CoCa"),
+            ];
+            for (key, refused, allowed) in refusals {
+                if refused {
+                    return Err(ConfigError::invalid(key, "set", allowed).into());
+                }
+            }
+        }
         if cfg.is_resnet() && self.lock_image_unlocked_groups > 0 {
             return Err(ConfigError::invalid(
                 "lock_image_unlocked_groups",

@@ -37,6 +37,8 @@ pub struct CheckOptions {
     pub patch_dropout: f64,
     /// Gradient checkpointing in the distributed step.
     pub grad_checkpointing: bool,
+    /// The tiny CoCa (contrastive + caption loss) instead of the tiny CLIP.
+    pub coca: bool,
 }
 
 /// Runs the check with `local_batch` pairs per rank in `accum` micro-batches, loss tiles of
@@ -50,7 +52,7 @@ pub fn check_gradients(
     options: CheckOptions,
 ) -> Result<GradientReport> {
     let device = Device::Cpu;
-    let mut config = tiny_config(loss);
+    let mut config = if options.coca { ClipConfig::tiny_coca() } else { tiny_config(loss) };
     config.vision_cfg.patch_dropout = options.patch_dropout;
     tch::manual_seed(7);
     let model = Clip::new(&config, device)?;
@@ -82,8 +84,16 @@ pub fn check_gradients(
     // keeping the patches it kept in the distributed step.
     zero_grads(&model);
     model.set_sample_keys(Some(SampleKeys { seed: 3, step: 0, first_row: 0 }));
-    let (fi, ft) =
-        if loss == LossKind::Filip { model.forward_filip(&images, &tokens) } else { model.forward(&images, &tokens) };
+    let mut caption = None;
+    let (fi, ft) = if options.coca {
+        let out = model.forward_coca(&images, &tokens);
+        caption = Some(model.coca_loss(&out).1);
+        (out.image_features, out.text_features)
+    } else if loss == LossKind::Filip {
+        model.forward_filip(&images, &tokens)
+    } else {
+        model.forward(&images, &tokens)
+    };
     model.set_sample_keys(None);
     let scale = model.logit_scale().exp();
     let reference = match loss {
@@ -93,6 +103,10 @@ pub fn check_gradients(
             siglip_loss(&ContrastiveBatch::local(&fi, &ft), &scale, bias)
         }
         LossKind::Filip => filip_loss_global(&fi, &ft, model.filip_layout(), &scale),
+    };
+    let reference = match caption {
+        Some(c) => reference + c,
+        None => reference,
     };
     reference.backward();
     let mut max_relative_error = 0.0f64;

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
+use super::coca::{CocaText, CocaVision, MultimodalDecoder};
 use super::config::ClipConfig;
 use super::resnet::{is_buffer, ModifiedResNet};
 use super::text::TextTransformer;
@@ -26,6 +27,14 @@ pub const DEFAULT_INIT_LOGIT_SCALE: f64 = 2.659_260_036_932_778_4;
 enum ImageTower {
     Vit(Box<VisionTransformer>),
     ResNet(Box<ModifiedResNet>),
+    Coca(Box<CocaVision>),
+}
+
+/// The text side: CLIP's text tower, or CoCa's text tower and multimodal decoder.
+#[derive(Debug)]
+enum TextTower {
+    Clip(Box<TextTransformer>),
+    Coca(Box<(CocaText, MultimodalDecoder)>),
 }
 
 /// Identifies the samples of a forward pass, for per-sample randomness (patch dropout) that
@@ -51,7 +60,7 @@ pub struct SampleKeys {
 pub struct Clip {
     vs: nn::VarStore,
     visual: ImageTower,
-    text: TextTransformer,
+    text: TextTower,
     logit_scale: Tensor,
     logit_bias: Option<Tensor>,
     config: ClipConfig,
@@ -98,6 +107,8 @@ impl Clip {
         let activation = if config.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
         let visual = if config.is_resnet() {
             ImageTower::ResNet(Box::new(ModifiedResNet::new(&root / "visual", &config.vision_cfg, config.embed_dim)))
+        } else if config.is_coca() {
+            ImageTower::Coca(Box::new(CocaVision::new(&root / "visual", config)))
         } else {
             ImageTower::Vit(Box::new(VisionTransformer::new(
                 &root / "visual",
@@ -106,7 +117,19 @@ impl Clip {
                 activation,
             )))
         };
-        let text = TextTransformer::new(root.clone(), &config.text_cfg, config.embed_dim, activation);
+        let text = if config.is_coca() {
+            TextTower::Coca(Box::new((
+                CocaText::new(&root / "text", config),
+                MultimodalDecoder::new(&root / "text_decoder", config),
+            )))
+        } else {
+            TextTower::Clip(Box::new(TextTransformer::new(
+                root.clone(),
+                &config.text_cfg,
+                config.embed_dim,
+                activation,
+            )))
+        };
         let init_scale = config.init_logit_scale.unwrap_or(DEFAULT_INIT_LOGIT_SCALE);
         let logit_scale = root.var("logit_scale", &[], Init::Const(init_scale));
         let logit_bias = config.init_logit_bias.map(|b| root.var("logit_bias", &[], Init::Const(b)));
@@ -226,6 +249,7 @@ impl Clip {
                 vit.forward(&images, keep.as_ref())
             }
             ImageTower::ResNet(resnet) => resnet.forward(&images, self.batch_stats()),
+            ImageTower::Coca(coca) => coca.forward(&images).0,
         }
     }
 
@@ -237,7 +261,9 @@ impl Clip {
     /// `tokens`: b × context_length ids → [b, L] int64, L ≤ context_length.
     pub fn text_input(&self, tokens: &[i64]) -> Tensor {
         let ctx = self.config.text_cfg.context_length;
-        let len = if self.text.is_causal() { super::text::trimmed_length(tokens, ctx as usize) as i64 } else { ctx };
+        // CoCa's class token sits after the last position, so its rows keep every position.
+        let trims = matches!(&self.text, TextTower::Clip(t) if t.is_causal());
+        let len = if trims { super::text::trimmed_length(tokens, ctx as usize) as i64 } else { ctx };
         let rows = Tensor::from_slice(tokens).view([-1, ctx]);
         let rows = if len < ctx { rows.narrow(1, 0, len).contiguous() } else { rows };
         crate::data::host_to_device(rows, self.device())
@@ -248,7 +274,26 @@ impl Clip {
     /// # Shapes
     /// `tokens`: [batch, L] int64, L ≤ context_length (see [`Clip::text_input`]) → [batch, embed_dim].
     pub fn encode_text(&self, tokens: &Tensor) -> Tensor {
-        self.text.forward(tokens)
+        match &self.text {
+            TextTower::Clip(text) => text.forward(tokens),
+            TextTower::Coca(coca) => coca.0.forward(tokens).0,
+        }
+    }
+
+    /// CLIP's text tower; the FILIP and checkpointing paths, which CoCa configs are refused.
+    fn clip_text(&self) -> &TextTransformer {
+        match &self.text {
+            TextTower::Clip(text) => text,
+            TextTower::Coca(_) => panic!("not for a CoCa text tower (checked with the config)"),
+        }
+    }
+
+    /// CoCa's towers, when the model is a CoCa.
+    pub(crate) fn coca_parts(&self) -> Option<(&CocaVision, &CocaText, &MultimodalDecoder)> {
+        match (&self.visual, &self.text) {
+            (ImageTower::Coca(v), TextTower::Coca(t)) => Some((v, &t.0, &t.1)),
+            _ => None,
+        }
     }
 
     /// L2-normalised image and text features, as OpenCLIP's `CLIP.forward`; bfloat16 or
@@ -303,8 +348,9 @@ impl Clip {
     /// # Shapes
     /// `tokens`: [b, L] → [b, context_length · (embed_dim + 1)].
     pub fn encode_text_filip(&self, tokens: &Tensor) -> Tensor {
-        let x = self.text.stem(tokens);
-        let x = (0..self.text.depth()).fold(x, |x, i| self.text.block(i, &x));
+        let text = self.clip_text();
+        let x = text.stem(tokens);
+        let x = (0..text.depth()).fold(x, |x, i| text.block(i, &x));
         self.text_rows(&x, tokens)
     }
 
@@ -315,7 +361,7 @@ impl Clip {
 
     /// FILIP text rows from the text transformer's output `x` for `tokens`.
     fn text_rows(&self, x: &Tensor, tokens: &Tensor) -> Tensor {
-        let features = l2_normalize(&self.text.token_head(x).to_kind(Kind::Float));
+        let features = l2_normalize(&self.clip_text().token_head(x).to_kind(Kind::Float));
         let mask = tokens.ne(0).to_kind(Kind::Float);
         self.filip_layout().text_rows(&(features * mask.unsqueeze(-1)), &mask)
     }
@@ -410,12 +456,13 @@ impl Clip {
                     head: &|x| l2_normalize(&to_f32(resnet.head(x))),
                 })
             }
+            ImageTower::Coca(_) => panic!("gradient checkpointing of a CoCa (refused with the config)"),
         }
     }
 
     /// Runs `f` on the text tower cut into stem, blocks and head.
     fn with_text_segments<T>(&self, ckpt: &Checkpoints, f: impl FnOnce(Segments<'_>) -> T) -> T {
-        let text = &self.text;
+        let text = self.clip_text();
         let tokens = &ckpt.tokens;
         let filip = ckpt.filip;
         f(Segments {

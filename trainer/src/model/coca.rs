@@ -12,15 +12,13 @@
 //! one, shifted by one position (key 0 always visible, key j visible when token j − 1 is not
 //! padding); the decoder adds no positional embedding.
 
-use std::path::Path;
-
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::clip::{l2_normalize, load_state, save_state, DEFAULT_INIT_LOGIT_SCALE};
+use super::clip::{l2_normalize, Clip};
+use super::config::ClipConfig;
 use super::transformer::{layer_norm, linear, Activation, BlockInit, Transformer};
-use crate::error::{ConfigError, Result, TrainError};
+use crate::error::{ConfigError, Result};
 use crate::loss::clip_loss_global;
 
 /// OpenCLIP's CoCa loss weights (`--coca-caption-loss-weight`, `--coca-contrastive-loss-weight`).
@@ -28,234 +26,7 @@ pub const CAPTION_LOSS_WEIGHT: f64 = 2.0;
 /// See [`CAPTION_LOSS_WEIGHT`].
 pub const CONTRASTIVE_LOSS_WEIGHT: f64 = 1.0;
 
-fn d_head_width() -> i64 {
-    64
-}
-fn d_mlp_ratio() -> f64 {
-    4.0
-}
-fn d_queries() -> i64 {
-    256
-}
-fn d_pool_heads() -> i64 {
-    8
-}
-fn d_true() -> bool {
-    true
-}
-
-/// CoCa's image tower config (OpenCLIP `CLIPVisionCfg` with the attentional pooler).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CocaVisionConfig {
-    /// Input resolution.
-    pub image_size: i64,
-    /// Residual attention blocks.
-    pub layers: i64,
-    /// Token width.
-    pub width: i64,
-    /// Head width (heads = width / head_width).
-    #[serde(default = "d_head_width")]
-    pub head_width: i64,
-    /// MLP ratio.
-    #[serde(default = "d_mlp_ratio")]
-    pub mlp_ratio: f64,
-    /// Patch side.
-    pub patch_size: i64,
-    /// Must be `true`: CoCa pools with an attentional pooler.
-    #[serde(default = "d_true")]
-    pub attentional_pool: bool,
-    /// Pooler queries: query 0 is the contrastive embedding, the rest the decoder's image tokens.
-    #[serde(default = "d_queries")]
-    pub attn_pooler_queries: i64,
-    /// Pooler heads.
-    #[serde(default = "d_pool_heads")]
-    pub attn_pooler_heads: i64,
-    /// Recorded (CoCa always outputs tokens).
-    #[serde(default = "d_true")]
-    pub output_tokens: bool,
-}
-
-/// CoCa's unimodal text tower config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CocaTextConfig {
-    /// Token positions (the class token takes one more).
-    pub context_length: i64,
-    /// Vocabulary size (the decoder predicts over it too).
-    pub vocab_size: i64,
-    /// Width; must equal `embed_dim` and the decoder's width.
-    pub width: i64,
-    /// Heads.
-    pub heads: i64,
-    /// Blocks.
-    pub layers: i64,
-    /// MLP ratio.
-    #[serde(default = "d_mlp_ratio")]
-    pub mlp_ratio: f64,
-    /// Must be `true`: the appended class token.
-    #[serde(default = "d_true")]
-    pub embed_cls: bool,
-    /// Recorded.
-    #[serde(default = "d_true")]
-    pub output_tokens: bool,
-}
-
-/// The multimodal decoder config (OpenCLIP `MultimodalCfg`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MultimodalConfig {
-    /// The causal mask's size (the longest caption it decodes).
-    pub context_length: i64,
-    /// Recorded; the output size is `text_cfg.vocab_size`, as in OpenCLIP.
-    pub vocab_size: i64,
-    /// Width; must equal `embed_dim`.
-    pub width: i64,
-    /// Heads.
-    pub heads: i64,
-    /// Self-attention + cross-attention layer pairs.
-    pub layers: i64,
-    /// Recorded, unused (as in OpenCLIP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attn_pooler_heads: Option<i64>,
-}
-
-/// A CoCa model config, as OpenCLIP's `coca_*.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CocaConfig {
-    /// Embedding width.
-    pub embed_dim: i64,
-    /// Image tower.
-    pub vision_cfg: CocaVisionConfig,
-    /// Unimodal text tower.
-    pub text_cfg: CocaTextConfig,
-    /// Multimodal decoder.
-    pub multimodal_cfg: MultimodalConfig,
-    /// Recorded (OpenCLIP selects CoCa by `multimodal_cfg`).
-    #[serde(default)]
-    pub custom_text: bool,
-    /// QuickGELU instead of GELU.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub quick_gelu: bool,
-    /// Initial θ; ln(1/0.07) by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_logit_scale: Option<f64>,
-}
-
-/// Names of the CoCa presets.
-pub const COCA_PRESET_NAMES: &[&str] = &["coca_ViT-B-32", "coca_ViT-L-14"];
-
-impl CocaConfig {
-    fn preset_parts(embed: i64, image: (i64, i64, i64, i64), text: (i64, i64)) -> Self {
-        let (layers, width, patch, _) = image;
-        CocaConfig {
-            embed_dim: embed,
-            vision_cfg: CocaVisionConfig {
-                image_size: 224,
-                layers,
-                width,
-                head_width: 64,
-                mlp_ratio: 4.0,
-                patch_size: patch,
-                attentional_pool: true,
-                attn_pooler_queries: 256,
-                attn_pooler_heads: 8,
-                output_tokens: true,
-            },
-            text_cfg: CocaTextConfig {
-                context_length: 76,
-                vocab_size: 49408,
-                width: text.0,
-                heads: text.1,
-                layers: 12,
-                mlp_ratio: 4.0,
-                embed_cls: true,
-                output_tokens: true,
-            },
-            multimodal_cfg: MultimodalConfig {
-                context_length: 76,
-                vocab_size: 49408,
-                width: text.0,
-                heads: text.1,
-                layers: 12,
-                attn_pooler_heads: Some(text.1),
-            },
-            custom_text: true,
-            quick_gelu: false,
-            init_logit_scale: None,
-        }
-    }
-
-    /// A CoCa preset: `coca_ViT-B-32` or `coca_ViT-L-14`, OpenCLIP's configs.
-    pub fn preset(name: &str) -> std::result::Result<Self, ConfigError> {
-        match name {
-            "coca_ViT-B-32" => Ok(Self::preset_parts(512, (12, 768, 32, 0), (512, 8))),
-            "coca_ViT-L-14" => {
-                let mut cfg = Self::preset_parts(768, (24, 1024, 14, 0), (768, 12));
-                cfg.multimodal_cfg.attn_pooler_heads = Some(12);
-                Ok(cfg)
-            }
-            other => Err(ConfigError::invalid("model", other, COCA_PRESET_NAMES.join(", "))),
-        }
-    }
-
-    /// Reads an OpenCLIP `coca_*.json` and validates it.
-    pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
-        let cfg: CocaConfig = serde_json::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), reason: e.to_string() })?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Rejects what the implementation (and OpenCLIP) cannot build, naming the key.
-    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
-        let (v, t, m) = (&self.vision_cfg, &self.text_cfg, &self.multimodal_cfg);
-        if !v.attentional_pool {
-            return Err(ConfigError::invalid("vision_cfg.attentional_pool", false, "true for CoCa"));
-        }
-        if !t.embed_cls {
-            return Err(ConfigError::invalid("text_cfg.embed_cls", false, "true for CoCa"));
-        }
-        for (key, value) in [
-            ("embed_dim", self.embed_dim),
-            ("vision_cfg.layers", v.layers),
-            ("vision_cfg.patch_size", v.patch_size),
-            ("vision_cfg.attn_pooler_queries", v.attn_pooler_queries - 1),
-            ("text_cfg.layers", t.layers),
-            ("multimodal_cfg.layers", m.layers),
-            ("text_cfg.context_length", t.context_length),
-        ] {
-            if value < 1 {
-                return Err(ConfigError::invalid(key, value, "larger (an integer >= 1; queries >= 2)"));
-            }
-        }
-        if t.width != self.embed_dim || m.width != self.embed_dim {
-            return Err(ConfigError::invalid(
-                "text_cfg.width",
-                format!("{} (multimodal {})", t.width, m.width),
-                format!("embed_dim ({}) for both: OpenCLIP's CoCa has no projection between them", self.embed_dim),
-            ));
-        }
-        let divides = [
-            ("vision_cfg.image_size", v.image_size, v.patch_size),
-            ("vision_cfg.width", v.width, v.head_width),
-            ("embed_dim", self.embed_dim, v.attn_pooler_heads),
-            ("text_cfg.width", t.width, t.heads),
-            ("multimodal_cfg.width", m.width, m.heads),
-        ];
-        for (key, value, by) in divides {
-            if by < 1 || value % by != 0 {
-                return Err(ConfigError::invalid(key, value, format!("a multiple of {by}")));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn activation(cfg: &CocaConfig) -> Activation {
+fn activation(cfg: &ClipConfig) -> Activation {
     if cfg.quick_gelu {
         Activation::QuickGelu
     } else {
@@ -339,7 +110,7 @@ impl AttentionalPooler {
 
 /// CoCa's image tower (`visual.*`).
 #[derive(Debug)]
-struct CocaVision {
+pub(crate) struct CocaVision {
     conv1: Tensor,
     class_embedding: Tensor,
     positional_embedding: Tensor,
@@ -352,18 +123,14 @@ struct CocaVision {
 }
 
 impl CocaVision {
-    fn new(p: nn::Path, cfg: &CocaConfig) -> Self {
+    pub(crate) fn new(p: nn::Path, cfg: &ClipConfig) -> Self {
         let v = &cfg.vision_cfg;
-        let (w, e) = (v.width, cfg.embed_dim);
+        let (w, e, patch) = (v.width, cfg.embed_dim, v.patch());
         let scale = (w as f64).powf(-0.5);
-        let bound = 1.0 / ((3 * v.patch_size * v.patch_size) as f64).sqrt();
-        let grid = v.image_size / v.patch_size;
+        let bound = 1.0 / ((3 * patch * patch) as f64).sqrt();
+        let grid = v.grid_size();
         CocaVision {
-            conv1: (&p / "conv1").var(
-                "weight",
-                &[w, 3, v.patch_size, v.patch_size],
-                Init::Uniform { lo: -bound, up: bound },
-            ),
+            conv1: (&p / "conv1").var("weight", &[w, 3, patch, patch], Init::Uniform { lo: -bound, up: bound }),
             class_embedding: p.var("class_embedding", &[w], Init::Randn { mean: 0.0, stdev: scale }),
             positional_embedding: p.var(
                 "positional_embedding",
@@ -374,21 +141,21 @@ impl CocaVision {
             transformer: Transformer::new(
                 &p / "transformer",
                 w,
-                v.layers,
-                w / v.head_width,
+                v.blocks(),
+                v.heads(),
                 v.mlp_ratio,
                 activation(cfg),
                 BlockInit::default(),
             ),
-            attn_pool: AttentionalPooler::new(&p / "attn_pool", e, w, v.attn_pooler_heads, v.attn_pooler_queries),
+            attn_pool: AttentionalPooler::new(&p / "attn_pool", e, w, cfg.pooler_heads(), cfg.pooler_queries()),
             ln_post: layer_norm(&p / "ln_post", e),
             proj: p.var("proj", &[e, e], Init::Randn { mean: 0.0, stdev: scale }),
-            patch: v.patch_size,
+            patch,
         }
     }
 
     /// (pooled embedding [N, E] unnormalised, image tokens [N, queries − 1, E]).
-    fn forward(&self, images: &Tensor) -> (Tensor, Tensor) {
+    pub(crate) fn forward(&self, images: &Tensor) -> (Tensor, Tensor) {
         let x = images.conv2d(&self.conv1, None::<Tensor>, [self.patch, self.patch], [0, 0], [1, 1], 1);
         let (b, w) = (x.size()[0], x.size()[1]);
         let x = x.flatten(2, 3).transpose(1, 2);
@@ -403,7 +170,7 @@ impl CocaVision {
 
 /// CoCa's unimodal text tower (`text.*`): causal, with the class token appended.
 #[derive(Debug)]
-struct CocaText {
+pub(crate) struct CocaText {
     token_embedding: Tensor,
     cls_emb: Tensor,
     positional_embedding: Tensor,
@@ -414,7 +181,7 @@ struct CocaText {
 }
 
 impl CocaText {
-    fn new(p: nn::Path, cfg: &CocaConfig) -> Self {
+    pub(crate) fn new(p: nn::Path, cfg: &ClipConfig) -> Self {
         let t = &cfg.text_cfg;
         let w = t.width as f64;
         let init = BlockInit {
@@ -454,7 +221,7 @@ impl CocaText {
     }
 
     /// (pooled embedding [N, E] unnormalised, tokens [N, L, W] before `ln_final`).
-    fn forward(&self, text: &Tensor) -> (Tensor, Tensor) {
+    pub(crate) fn forward(&self, text: &Tensor) -> (Tensor, Tensor) {
         let (n, l) = (text.size()[0], text.size()[1]);
         let s = l + 1;
         let x = Tensor::embedding(&self.token_embedding, text, -1, false, false);
@@ -529,7 +296,7 @@ impl CrossAttentionBlock {
 
 /// The multimodal decoder (`text_decoder.*`).
 #[derive(Debug)]
-struct MultimodalDecoder {
+pub(crate) struct MultimodalDecoder {
     resblocks: Transformer,
     cross_attn: Vec<CrossAttentionBlock>,
     ln_final: nn::LayerNorm,
@@ -537,8 +304,8 @@ struct MultimodalDecoder {
 }
 
 impl MultimodalDecoder {
-    fn new(p: nn::Path, cfg: &CocaConfig) -> Self {
-        let m = &cfg.multimodal_cfg;
+    pub(crate) fn new(p: nn::Path, cfg: &ClipConfig) -> Self {
+        let m = cfg.multimodal_cfg.as_ref().expect("a CoCa config has multimodal_cfg");
         let cross = &p / "cross_attn";
         // OpenCLIP's blocks keep PyTorch's defaults here (its init_parameters is never called).
         MultimodalDecoder {
@@ -565,7 +332,7 @@ impl MultimodalDecoder {
 
     /// # Shapes
     /// `image`: [N, Q − 1, E], `text`: [N, L, W] → logits [N, L, vocab].
-    fn forward(&self, image: &Tensor, text: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, image: &Tensor, text: &Tensor) -> Tensor {
         let mut x = text.shallow_clone();
         for (i, cross) in self.cross_attn.iter().enumerate() {
             x = self.resblocks.block(i, &x, true);
@@ -586,17 +353,6 @@ pub struct CocaOutput {
     pub logits: Tensor,
     /// The targets, `text[:, 1:]`, [N, L − 1].
     pub labels: Tensor,
-}
-
-/// A CoCa model.
-#[derive(Debug)]
-pub struct Coca {
-    vs: nn::VarStore,
-    visual: CocaVision,
-    text: CocaText,
-    decoder: MultimodalDecoder,
-    logit_scale: Tensor,
-    config: CocaConfig,
 }
 
 /// Token ids that steer decoding.
@@ -624,102 +380,64 @@ pub struct Decoding {
     pub tokens: SpecialTokens,
 }
 
-impl Coca {
-    /// A randomly initialised CoCa on `device` (libtorch's generator: seed it first).
-    pub fn new(config: &CocaConfig, device: Device) -> Result<Self> {
-        config.validate()?;
-        let vs = nn::VarStore::new(device);
-        let root = vs.root();
-        let text = CocaText::new(&root / "text", config);
-        let visual = CocaVision::new(&root / "visual", config);
-        let decoder = MultimodalDecoder::new(&root / "text_decoder", config);
-        let logit_scale =
-            root.var("logit_scale", &[], Init::Const(config.init_logit_scale.unwrap_or(DEFAULT_INIT_LOGIT_SCALE)));
-        Ok(Coca { vs, visual, text, decoder, logit_scale, config: config.clone() })
+impl Clip {
+    fn coca(&self) -> (&CocaVision, &CocaText, &MultimodalDecoder) {
+        self.coca_parts().expect("a CoCa model (checked with the config)")
     }
 
-    /// The config.
-    pub fn config(&self) -> &CocaConfig {
-        &self.config
-    }
-
-    /// θ, the log logit scale.
-    pub fn logit_scale(&self) -> &Tensor {
-        &self.logit_scale
-    }
-
-    /// Every parameter, sorted by name.
-    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
-    }
-
-    /// Loads OpenCLIP's (or clipfleet's) CoCa state dict.
-    pub fn load_safetensors(&mut self, path: &Path) -> Result<()> {
-        load_state(&self.named_parameters(), path)
-    }
-
-    /// Writes the state dict with OpenCLIP's keys.
-    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        save_state(self.named_parameters(), path)
-    }
-
-    /// (normalised contrastive embedding [N, E], image tokens [N, Q − 1, E]).
-    pub fn encode_image(&self, images: &Tensor) -> (Tensor, Tensor) {
-        let (pooled, tokens) = self.visual.forward(&images.to_kind(self.logit_scale.kind()));
+    /// CoCa: (normalised contrastive image embedding [N, E], image tokens [N, Q − 1, E]).
+    ///
+    /// # Panics
+    /// On a model that is not a CoCa ([`ClipConfig::is_coca`]).
+    pub fn encode_image_coca(&self, images: &Tensor) -> (Tensor, Tensor) {
+        let (pooled, tokens) = self.coca().0.forward(&images.to_kind(self.logit_scale().kind()));
         (l2_normalize(&pooled), tokens)
     }
 
-    /// Unnormalised (pooled image embedding, pooled text embedding), as OpenCLIP's
-    /// `_encode_image/_encode_text(normalize=False)`.
-    pub fn embeddings(&self, images: &Tensor, text: &Tensor) -> (Tensor, Tensor) {
-        (self.visual.forward(&images.to_kind(self.logit_scale.kind())).0, self.text.forward(text).0)
-    }
-
-    /// (normalised contrastive embedding [N, E], text tokens [N, L, W]).
-    pub fn encode_text(&self, text: &Tensor) -> (Tensor, Tensor) {
-        let (pooled, tokens) = self.text.forward(text);
+    /// CoCa: (normalised contrastive text embedding [N, E], text tokens [N, L, W]).
+    pub fn encode_text_coca(&self, text: &Tensor) -> (Tensor, Tensor) {
+        let (pooled, tokens) = self.coca().1.forward(text);
         (l2_normalize(&pooled), tokens)
     }
 
-    /// Teacher-forced forward pass: contrastive features, and next-token logits for `text`.
+    /// CoCa's teacher-forced forward pass: contrastive features, and next-token logits for
+    /// `text` (OpenCLIP's `CoCa.forward`).
     ///
     /// # Shapes
     /// `images`: [N, 3, S, S], `text`: [N, L] (L ≤ context_length) → see [`CocaOutput`].
-    pub fn forward(&self, images: &Tensor, text: &Tensor) -> CocaOutput {
-        let (image_features, image_tokens) = self.encode_image(images);
-        let (text_features, text_tokens) = self.encode_text(text);
+    pub fn forward_coca(&self, images: &Tensor, text: &Tensor) -> CocaOutput {
+        let (image_features, image_tokens) = self.encode_image_coca(images);
+        let (text_features, text_tokens) = self.encode_text_coca(text);
         let l = text.size()[1];
-        let logits = self.decoder.forward(&image_tokens, &text_tokens.narrow(1, 0, l - 1));
-        CocaOutput { image_features, text_features, logits, labels: text.narrow(1, 1, l - 1) }
+        let logits = self.coca().2.forward(&image_tokens, &text_tokens.narrow(1, 0, l - 1));
+        let to_f32 = |x: Tensor| x.to_kind(Kind::Float);
+        CocaOutput {
+            image_features: to_f32(image_features),
+            text_features: to_f32(text_features),
+            logits,
+            labels: text.narrow(1, 1, l - 1),
+        }
     }
 
     /// OpenCLIP's `CoCaLoss` on one process: (weighted contrastive loss, weighted caption loss).
     /// The caption loss is the cross-entropy over every non-padding target of the batch.
-    pub fn loss(&self, out: &CocaOutput) -> (Tensor, Tensor) {
-        let scale = self.logit_scale.exp();
+    pub fn coca_loss(&self, out: &CocaOutput) -> (Tensor, Tensor) {
+        let scale = self.logit_scale().exp();
         let clip = clip_loss_global(&out.image_features, &out.text_features, &scale) * CONTRASTIVE_LOSS_WEIGHT;
-        let vocab = out.logits.size()[2];
-        let caption = out.logits.reshape([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
-            &out.labels.reshape([-1]),
-            None,
-            tch::Reduction::Mean,
-            0,
-            0.0,
-        ) * CAPTION_LOSS_WEIGHT;
-        (clip, caption)
+        let (sum, count) = caption_loss_sum(&out.logits, &out.labels);
+        (clip, sum / count.clamp_min(1.0) * CAPTION_LOSS_WEIGHT)
     }
 
     /// The next-token logits after `prefix` for each image's tokens.
     fn next_logits(&self, image_tokens: &Tensor, prefix: &Tensor) -> Tensor {
-        let (_, text_tokens) = self.text.forward(prefix);
-        let logits = self.decoder.forward(image_tokens, &text_tokens);
+        let (_, text, decoder) = self.coca();
+        let (_, text_tokens) = text.forward(prefix);
+        let logits = decoder.forward(image_tokens, &text_tokens);
         logits.select(1, prefix.size()[1] - 1).to_kind(Kind::Float)
     }
 
     fn check_decoding(&self, d: &Decoding) -> Result<()> {
-        let max = self.config.text_cfg.context_length;
+        let max = self.config().text_cfg.context_length;
         if d.seq_len <= d.min_seq_len || d.seq_len > max || d.min_seq_len < 0 {
             return Err(ConfigError::invalid(
                 "--seq-len",
@@ -743,7 +461,7 @@ impl Coca {
         self.check_decoding(&d)?;
         let t = d.tokens;
         tch::no_grad(|| {
-            let (_, image_tokens) = self.encode_image(images);
+            let (_, image_tokens) = self.encode_image_coca(images);
             let n = images.size()[0];
             let device = images.device();
             let mut out = Tensor::full([n, 1], t.sot, (Kind::Int64, device));
@@ -792,7 +510,7 @@ impl Coca {
         let t = d.tokens;
         let g = num_beams;
         tch::no_grad(|| -> Result<Tensor> {
-            let (_, image_tokens) = self.encode_image(images);
+            let (_, image_tokens) = self.encode_image_coca(images);
             let n = images.size()[0];
             let mut results: Vec<Vec<i64>> = Vec::with_capacity(n as usize);
             for b in 0..n {
@@ -864,6 +582,24 @@ impl Coca {
             Ok(Tensor::from_slice(&flat).view([n, width]))
         })
     }
+}
+
+/// The summed cross-entropy of `logits` against `labels` over the non-padding (id 0) labels, and
+/// their count, both float32 []: the caption loss of a batch is `2 · sum / count`.
+///
+/// # Shapes
+/// `logits`: [N, L, vocab], `labels`: [N, L].
+pub fn caption_loss_sum(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+    let vocab = logits.size()[2];
+    let flat = labels.reshape([-1]);
+    let sum = logits.reshape([-1, vocab]).to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+        &flat,
+        None,
+        tch::Reduction::Sum,
+        0,
+        0.0,
+    );
+    (sum, flat.ne(0).sum(Kind::Float))
 }
 
 /// Finished captions of one beam search: the best `keep` by length-normalised score.

@@ -63,6 +63,18 @@ pub struct VisionConfig {
     /// only; the class token is kept), in [0, 1).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub patch_dropout: f64,
+    /// CoCa: pool with an attentional pooler (needs `multimodal_cfg`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attentional_pool: bool,
+    /// CoCa: the pooler's queries (query 0 is the contrastive embedding); OpenCLIP's default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_pooler_queries: Option<i64>,
+    /// CoCa: the pooler's heads; OpenCLIP's default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_pooler_heads: Option<i64>,
+    /// Recorded (OpenCLIP's flag to return tokens; CoCa's towers always do).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_tokens: bool,
 }
 
 /// The text tower: a causal transformer (`open_clip.transformer.TextTransformer`).
@@ -105,6 +117,31 @@ pub struct TextConfig {
     /// Tokenizer hint used by OpenCLIP for Hugging Face tokenizers; recorded, not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_tokenizer_name: Option<String>,
+    /// CoCa: a class token appended after the caption (needs `multimodal_cfg`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embed_cls: bool,
+    /// Recorded (OpenCLIP's flag to return tokens).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_tokens: bool,
+}
+
+/// CoCa's multimodal decoder (OpenCLIP `MultimodalCfg`); its presence makes the model a CoCa.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultimodalConfig {
+    /// The longest caption it decodes.
+    pub context_length: i64,
+    /// Recorded; the decoder predicts over `text_cfg.vocab_size`, as in OpenCLIP.
+    pub vocab_size: i64,
+    /// Width; must equal `embed_dim`.
+    pub width: i64,
+    /// Heads.
+    pub heads: i64,
+    /// Self-attention + cross-attention layer pairs.
+    pub layers: i64,
+    /// Recorded, unused (as in OpenCLIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_pooler_heads: Option<i64>,
 }
 
 /// A whole CLIP model, as OpenCLIP's model config JSON.
@@ -126,6 +163,12 @@ pub struct ClipConfig {
     /// Initial logit bias (SigLIP); a bias parameter exists only when this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_logit_bias: Option<f64>,
+    /// CoCa's multimodal decoder: set, the model is a CoCa (`open_clip.coca_model.CoCa`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multimodal_cfg: Option<MultimodalConfig>,
+    /// Recorded (OpenCLIP builds a custom-text model; CoCa configs set it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub custom_text: bool,
 }
 
 fn default_head_width() -> i64 {
@@ -166,8 +209,22 @@ fn default_text_layers() -> i64 {
 }
 
 /// Names of the built-in presets, in the order `--help` lists them.
-pub const PRESET_NAMES: &[&str] =
-    &["tiny", "tiny-rn", "small", "ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64"];
+pub const PRESET_NAMES: &[&str] = &[
+    "tiny",
+    "tiny-rn",
+    "tiny-coca",
+    "small",
+    "ViT-B-32",
+    "ViT-B-16",
+    "ViT-L-14",
+    "RN50",
+    "RN101",
+    "RN50x4",
+    "RN50x16",
+    "RN50x64",
+    "coca_ViT-B-32",
+    "coca_ViT-L-14",
+];
 
 impl VisionConfig {
     /// Number of attention heads: of each block (ViT), or of the attention pool (ResNet).
@@ -236,6 +293,8 @@ impl ClipConfig {
             ls_init_value: None,
             proj_bias: false,
             hf_tokenizer_name: None,
+            embed_cls: false,
+            output_tokens: false,
         }
     }
 
@@ -252,11 +311,24 @@ impl ClipConfig {
             pool_type: default_vision_pool(),
             ls_init_value: None,
             patch_dropout: 0.0,
+            attentional_pool: false,
+            attn_pooler_queries: None,
+            attn_pooler_heads: None,
+            output_tokens: false,
         }
     }
 
     fn with_towers(embed_dim: i64, vision_cfg: VisionConfig, text_cfg: TextConfig) -> Self {
-        ClipConfig { embed_dim, vision_cfg, text_cfg, quick_gelu: false, init_logit_scale: None, init_logit_bias: None }
+        ClipConfig {
+            embed_dim,
+            vision_cfg,
+            text_cfg,
+            quick_gelu: false,
+            init_logit_scale: None,
+            init_logit_bias: None,
+            multimodal_cfg: None,
+            custom_text: false,
+        }
     }
 
     /// OpenCLIP `ViT-B-32`: 224 px, 32 px patches, 12×768 image tower, 12×512 text tower.
@@ -308,6 +380,68 @@ impl ClipConfig {
         Self::with_towers(1024, Self::resnet(448, [3, 15, 36, 10], 128), Self::openai_text(1024, 16))
     }
 
+    /// OpenCLIP's CoCa configs: a ViT with the attentional pooler, a text tower with the class
+    /// token, and the multimodal decoder, all of `embed_dim` width where they meet.
+    fn coca(
+        embed_dim: i64,
+        vision: VisionConfig,
+        text: TextConfig,
+        pooler_heads: i64,
+        decoder_pool_heads: i64,
+    ) -> Self {
+        let multimodal = MultimodalConfig {
+            context_length: text.context_length,
+            vocab_size: text.vocab_size,
+            width: text.width,
+            heads: text.heads,
+            layers: text.layers,
+            attn_pooler_heads: Some(decoder_pool_heads),
+        };
+        let vision = VisionConfig {
+            attentional_pool: true,
+            attn_pooler_heads: Some(pooler_heads),
+            output_tokens: true,
+            ..vision
+        };
+        let text = TextConfig { embed_cls: true, output_tokens: true, ..text };
+        ClipConfig { multimodal_cfg: Some(multimodal), custom_text: true, ..Self::with_towers(embed_dim, vision, text) }
+    }
+
+    /// OpenCLIP `coca_ViT-B-32`.
+    pub fn coca_vit_b_32() -> Self {
+        let text = TextConfig { context_length: 76, ..Self::openai_text(512, 8) };
+        Self::coca(512, Self::vit(224, 12, 768, 32), text, 8, 8)
+    }
+
+    /// OpenCLIP `coca_ViT-L-14`.
+    pub fn coca_vit_l_14() -> Self {
+        let text = TextConfig { context_length: 76, ..Self::openai_text(768, 12) };
+        Self::coca(768, Self::vit(224, 24, 1024, 14), text, 8, 12)
+    }
+
+    /// A CPU-sized CoCa for the synthetic data: `tiny`'s towers, 17 pooler queries (16 image
+    /// tokens for the decoder) and a 3-layer decoder.
+    pub fn tiny_coca() -> Self {
+        let mut cfg = Self::coca(128, Self::vit(64, 3, 128, 8), Self::synthetic_text(128, 2, 3), 2, 2);
+        cfg.vision_cfg.attn_pooler_queries = Some(17);
+        cfg
+    }
+
+    /// Whether the model is a CoCa (it has a multimodal decoder).
+    pub fn is_coca(&self) -> bool {
+        self.multimodal_cfg.is_some()
+    }
+
+    /// CoCa's pooler queries (OpenCLIP's default 256).
+    pub fn pooler_queries(&self) -> i64 {
+        self.vision_cfg.attn_pooler_queries.unwrap_or(256)
+    }
+
+    /// CoCa's pooler heads (OpenCLIP's default 8).
+    pub fn pooler_heads(&self) -> i64 {
+        self.vision_cfg.attn_pooler_heads.unwrap_or(8)
+    }
+
     /// A CPU-sized ResNet CLIP for the synthetic data: 64 px images, stages [1, 1, 1, 1] of
     /// stem width 16, and `tiny`'s text tower.
     pub fn tiny_rn() -> Self {
@@ -339,6 +473,9 @@ impl ClipConfig {
             "ViT-B-16" => Ok(Self::vit_b_16()),
             "ViT-L-14" => Ok(Self::vit_l_14()),
             "tiny-rn" => Ok(Self::tiny_rn()),
+            "tiny-coca" => Ok(Self::tiny_coca()),
+            "coca_ViT-B-32" => Ok(Self::coca_vit_b_32()),
+            "coca_ViT-L-14" => Ok(Self::coca_vit_l_14()),
             "RN50" => Ok(Self::rn50()),
             "RN101" => Ok(Self::rn101()),
             "RN50x4" => Ok(Self::rn50x4()),
@@ -403,8 +540,56 @@ impl ClipConfig {
         if t.ls_init_value.is_some() {
             return Err(ConfigError::invalid("text_cfg.ls_init_value", "set", "null"));
         }
+        self.validate_coca()?;
         if t.proj_bias {
             return Err(ConfigError::invalid("text_cfg.proj_bias", true, "false"));
+        }
+        Ok(())
+    }
+
+    /// CoCa's keys come together, with the widths OpenCLIP's CoCa needs.
+    fn validate_coca(&self) -> Result<(), ConfigError> {
+        let (v, t) = (&self.vision_cfg, &self.text_cfg);
+        let Some(m) = &self.multimodal_cfg else {
+            for (key, set) in [("vision_cfg.attentional_pool", v.attentional_pool), ("text_cfg.embed_cls", t.embed_cls)]
+            {
+                if set {
+                    return Err(ConfigError::invalid(key, true, "false without multimodal_cfg (only CoCa has it)"));
+                }
+            }
+            return Ok(());
+        };
+        if self.is_resnet() {
+            return Err(ConfigError::invalid("vision_cfg.layers", "a ResNet", "a ViT for CoCa"));
+        }
+        for (key, set) in [("vision_cfg.attentional_pool", v.attentional_pool), ("text_cfg.embed_cls", t.embed_cls)] {
+            if !set {
+                return Err(ConfigError::invalid(key, false, "true for CoCa (multimodal_cfg is set)"));
+            }
+        }
+        if t.width != self.embed_dim || m.width != self.embed_dim {
+            return Err(ConfigError::invalid(
+                "text_cfg.width",
+                format!("{} (multimodal_cfg.width {})", t.width, m.width),
+                format!("embed_dim ({}) for both: OpenCLIP's CoCa has no projection between them", self.embed_dim),
+            ));
+        }
+        if self.pooler_queries() < 2 {
+            return Err(ConfigError::invalid(
+                "vision_cfg.attn_pooler_queries",
+                self.pooler_queries(),
+                "an integer >= 2",
+            ));
+        }
+        let heads = self.pooler_heads();
+        if heads < 1 || self.embed_dim % heads != 0 {
+            return Err(ConfigError::invalid("vision_cfg.attn_pooler_heads", heads, "a divisor of embed_dim"));
+        }
+        if m.layers < 1 || m.heads < 1 || m.width % m.heads != 0 {
+            return Err(ConfigError::invalid("multimodal_cfg.heads", m.heads, "a divisor of multimodal_cfg.width"));
+        }
+        if v.patch_dropout != 0.0 {
+            return Err(ConfigError::invalid("vision_cfg.patch_dropout", v.patch_dropout, "0 for CoCa"));
         }
         Ok(())
     }
@@ -498,6 +683,9 @@ impl ClipConfig {
 
     /// Checks that the model can train with the FILIP loss: token features need a ViT image tower.
     pub fn validate_for_filip(&self) -> Result<(), ConfigError> {
+        if self.is_coca() {
+            return Err(ConfigError::invalid("loss", "filip", "clip for a CoCa model"));
+        }
         if self.is_resnet() {
             return Err(ConfigError::invalid(
                 "loss",

@@ -86,11 +86,34 @@ pub fn text_flops(cfg: &ClipConfig) -> f64 {
     2.0 * macs
 }
 
+/// Forward FLOPs of CoCa's parts beyond a CLIP's towers, for one sample: the attentional
+/// pooler (queries against every image token, key and value projections from the tower's
+/// width), the class token's extra text position, and the multimodal decoder over the caption
+/// (causal self-attention, cross-attention to the image tokens, MLPs, the vocabulary
+/// projection). 0 for other models.
+pub fn coca_extra_flops(cfg: &ClipConfig) -> f64 {
+    let Some(m) = &cfg.multimodal_cfg else { return 0.0 };
+    let v = &cfg.vision_cfg;
+    let (e, wv) = (cfg.embed_dim as f64, v.width as f64);
+    let tokens = (v.grid_size() * v.grid_size() + 1) as f64;
+    let q = cfg.pooler_queries() as f64;
+    let pool = q * e * e + 2.0 * tokens * wv * e + 2.0 * q * tokens * e + q * e * e;
+    let t = cfg.text_cfg.context_length as f64 - 1.0; // the decoder's positions
+    let w = m.width as f64;
+    let image_tokens = q - 1.0;
+    let self_attn = transformer_macs(t, w, m.layers as f64, 4.0);
+    let cross =
+        m.layers as f64 * (2.0 * t * w * w + 2.0 * image_tokens * w * w + 2.0 * t * image_tokens * w + 8.0 * t * w * w);
+    let vocab = t * w * cfg.text_cfg.vocab_size as f64;
+    let cls = transformer_macs(1.0, cfg.text_cfg.width as f64, cfg.text_cfg.layers as f64, 4.0);
+    2.0 * (pool + self_attn + cross + vocab + cls)
+}
+
 /// FLOPs of one training sample: forward plus backward, taken as 3× the forward pass (with
 /// the patches that patch dropout keeps). Gradient checkpointing's extra forward pass is
 /// not counted, as MFU conventionally leaves recomputation out.
 pub fn train_flops_per_sample(cfg: &ClipConfig) -> f64 {
-    3.0 * (image_train_flops(cfg) + text_flops(cfg))
+    3.0 * (image_train_flops(cfg) + text_flops(cfg) + coca_extra_flops(cfg))
 }
 
 #[cfg(test)]
