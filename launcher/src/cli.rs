@@ -177,7 +177,7 @@ pub(crate) struct EvalArgs {
     /// model.safetensors), with --model or --model-config; zero-shot classification only.
     #[arg(long, value_name = "FILE.safetensors", requires = "zero_shot")]
     pub(crate) weights: Option<PathBuf>,
-    /// Built-in model preset of --weights (tiny, tiny-rn, small, ViT-B-32, ViT-B-16, ViT-L-14, RN50, RN101, RN50x4, RN50x16, RN50x64).
+    /// Built-in model preset of --weights (see `clipfleet train --help`: tiny, tiny-rn, tiny-coca, small, ViT-*, RN*, coca_*).
     #[arg(long, requires = "weights", conflicts_with = "model_config")]
     pub(crate) model: Option<String>,
     /// An OpenCLIP model-config JSON file, for --weights.
@@ -220,7 +220,7 @@ pub(crate) struct EvalArgs {
 /// `clipfleet embed`.
 #[derive(Debug, Args)]
 pub(crate) struct EmbedArgs {
-    /// Built-in model preset (tiny, tiny-rn, small, ViT-B-32, ViT-B-16, ViT-L-14, RN50, RN101, RN50x4, RN50x16, RN50x64).
+    /// Built-in model preset (tiny, tiny-rn, tiny-coca, small, ViT-B-32, ViT-B-16, ViT-L-14, RN50, RN101, RN50x4, RN50x16, RN50x64, coca_ViT-B-32, coca_ViT-L-14).
     #[arg(long, conflicts_with = "model_config", required_unless_present = "model_config")]
     pub(crate) model: Option<String>,
     /// An OpenCLIP model-config JSON file.

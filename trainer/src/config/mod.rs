@@ -27,8 +27,8 @@ use crate::model::{ClipConfig, PRESET_NAMES};
 use crate::optim::{AdamWConfig, LrScheduler};
 
 declare_train_config! {
-    /// `tiny`, `tiny-rn`, `small`, `ViT-B-32`, `ViT-B-16`, `ViT-L-14`, `RN50`, `RN101`, `RN50x4`, `RN50x16`, `RN50x64`
-    /// ([presets](#built-in-presets)); ignored when
+    /// `tiny`, `tiny-rn`, `tiny-coca`, `small`, `ViT-B-32`, `ViT-B-16`, `ViT-L-14`, `RN50`, `RN101`, `RN50x4`,
+    /// `RN50x16`, `RN50x64`, `coca_ViT-B-32`, `coca_ViT-L-14` ([presets](#built-in-presets)); ignored when
     /// `model_config` is set
     [value_name = "NAME"] model: plain String = "tiny".into();
     /// an OpenCLIP model-config JSON file ([format](#model-config-json))
