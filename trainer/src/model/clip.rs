@@ -509,38 +509,14 @@ impl Clip {
     /// image tower alone (only `visual.*` tensors, all of this model's: the file `clipfleet mim`
     /// writes), leaving the rest of the model as initialised.
     pub fn load_pretrained(&mut self, path: &Path) -> Result<Pretrained> {
-        let weights_error = |reason: String| TrainError::Weights { path: path.to_path_buf(), reason };
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
-        if tensors.is_empty() || !tensors.iter().all(|(n, _)| n.starts_with("visual.")) {
-            self.load_safetensors(path)?;
+        let by_name = read_state(path)?;
+        if by_name.is_empty() || !by_name.keys().all(|n| n.starts_with("visual.")) {
+            copy_state(&self.state_dict(), by_name, path, "does not match the model config")?;
             return Ok(Pretrained::Whole);
         }
-        let mut by_name: BTreeMap<String, Tensor> = tensors.into_iter().collect();
         let vars: Vec<(String, Tensor)> =
             self.state_dict().into_iter().filter(|(n, _)| n.starts_with("visual.")).collect();
-        let missing: Vec<&str> =
-            vars.iter().filter(|(n, _)| !by_name.contains_key(n)).map(|(n, _)| n.as_str()).collect();
-        let unexpected: Vec<&String> = by_name.keys().filter(|n| !vars.iter().any(|(v, _)| v == *n)).collect();
-        if !missing.is_empty() || !unexpected.is_empty() {
-            return Err(weights_error(format!(
-                "an image tower that does not match the model config: missing {missing:?}, unexpected {unexpected:?}"
-            )));
-        }
-        tch::no_grad(|| -> Result<()> {
-            for (name, var) in &vars {
-                let Some(src) = by_name.remove(name) else { continue };
-                if src.size() != var.size() {
-                    return Err(weights_error(format!(
-                        "`{name}` has shape {:?}, the model expects {:?}",
-                        src.size(),
-                        var.size()
-                    )));
-                }
-                var.shallow_clone().copy_(&src.to_kind(var.kind()).to_device(var.device()));
-            }
-            Ok(())
-        })?;
+        copy_state(&vars, by_name, path, "is an image tower that does not match the model config")?;
         Ok(Pretrained::ImageTower)
     }
 
@@ -555,20 +531,34 @@ impl Clip {
 /// with its shape and no unknown tensor may be left over; tensors are converted to the
 /// variables' dtypes and devices.
 pub(crate) fn load_state(vars: &[(String, Tensor)], path: &Path) -> Result<()> {
+    copy_state(vars, read_state(path)?, path, "does not match the model config")
+}
+
+/// The tensors of a safetensors file, by name.
+fn read_state(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let weights_error = |reason: String| TrainError::Weights { path: path.to_path_buf(), reason };
     if !path.is_file() {
         return Err(weights_error("no such file".into()));
     }
     let tensors =
         Tensor::read_safetensors(path).map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
-    let mut by_name: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    Ok(tensors.into_iter().collect())
+}
+
+/// Copies `by_name` (read from `path`) into `vars`: the same names, the same shapes; `mismatch`
+/// words the error when the names differ.
+fn copy_state(
+    vars: &[(String, Tensor)],
+    mut by_name: BTreeMap<String, Tensor>,
+    path: &Path,
+    mismatch: &str,
+) -> Result<()> {
+    let weights_error = |reason: String| TrainError::Weights { path: path.to_path_buf(), reason };
     let expected: BTreeSet<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
     let missing: Vec<&str> = expected.iter().filter(|n| !by_name.contains_key(**n)).copied().collect();
     let unexpected: Vec<&String> = by_name.keys().filter(|n| !expected.contains(n.as_str())).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
-        return Err(weights_error(format!(
-            "does not match the model config: missing {missing:?}, unexpected {unexpected:?}"
-        )));
+        return Err(weights_error(format!("{mismatch}: missing {missing:?}, unexpected {unexpected:?}")));
     }
     tch::no_grad(|| -> Result<()> {
         for (name, var) in vars {

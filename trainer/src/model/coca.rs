@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::clip::{l2_normalize, Clip};
 use super::config::ClipConfig;
-use super::transformer::{layer_norm, linear, Activation, BlockInit, Transformer};
+use super::transformer::{layer_norm, linear, Activation, BlockInit, ResidualAttentionBlock, Transformer};
 use crate::error::{ConfigError, Result};
 use crate::loss::clip_loss_global;
 
@@ -242,55 +242,26 @@ impl CocaText {
     }
 }
 
-/// A cross-attention block of the decoder (`text_decoder.cross_attn.{i}`): queries from the
-/// text, keys and values from the image tokens (`ln_1_kv`), then the MLP.
+/// A cross-attention block of the decoder (`text_decoder.cross_attn.{i}`): a residual block
+/// whose attention takes its keys and values from the image tokens, normalised by its own
+/// `ln_1_kv`.
 #[derive(Debug)]
 struct CrossAttentionBlock {
-    ln_1: nn::LayerNorm,
+    block: ResidualAttentionBlock,
     ln_1_kv: nn::LayerNorm,
-    in_proj_weight: Tensor,
-    in_proj_bias: Tensor,
-    out_proj: nn::Linear,
-    ln_2: nn::LayerNorm,
-    c_fc: nn::Linear,
-    c_proj: nn::Linear,
-    heads: i64,
-    activation: Activation,
 }
 
 impl CrossAttentionBlock {
     fn new(p: nn::Path, width: i64, heads: i64, activation: Activation) -> Self {
-        let attn = &p / "attn";
-        let xavier = (6.0 / (width + 3 * width) as f64).sqrt();
-        let out_proj = linear(&attn / "out_proj", width, width, None);
-        tch::no_grad(|| {
-            let _ = out_proj.bs.as_ref().map(|b| b.shallow_clone().zero_());
-        });
-        let mlp = &p / "mlp";
+        let ln_1_kv = layer_norm(&p / "ln_1_kv", width);
         CrossAttentionBlock {
-            ln_1: layer_norm(&p / "ln_1", width),
-            ln_1_kv: layer_norm(&p / "ln_1_kv", width),
-            in_proj_weight: attn.var("in_proj_weight", &[3 * width, width], Init::Uniform { lo: -xavier, up: xavier }),
-            in_proj_bias: attn.var("in_proj_bias", &[3 * width], Init::Const(0.0)),
-            out_proj,
-            ln_2: layer_norm(&p / "ln_2", width),
-            c_fc: linear(&mlp / "c_fc", width, 4 * width, None),
-            c_proj: linear(&mlp / "c_proj", 4 * width, width, None),
-            heads,
-            activation,
+            block: ResidualAttentionBlock::new(p, width, heads, 4.0, activation, BlockInit::default()),
+            ln_1_kv,
         }
     }
 
     fn forward(&self, x: &Tensor, image: &Tensor) -> Tensor {
-        let w = self.in_proj_weight.chunk(3, 0);
-        let b = self.in_proj_bias.chunk(3, 0);
-        let kv = self.ln_1_kv.forward(image);
-        let q = self.ln_1.forward(x).linear(&w[0], Some(&b[0]));
-        let k = kv.linear(&w[1], Some(&b[1]));
-        let v = kv.linear(&w[2], Some(&b[2]));
-        let x = x + attend(&q, &k, &v, self.heads, &self.out_proj);
-        let h = self.activation.apply(&self.c_fc.forward(&self.ln_2.forward(&x)));
-        x + self.c_proj.forward(&h)
+        self.block.forward_cross(x, &self.ln_1_kv.forward(image))
     }
 }
 

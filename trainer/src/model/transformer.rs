@@ -117,6 +117,27 @@ impl ResidualAttentionBlock {
         self.out_proj.forward(&out.transpose(1, 2).reshape([b, l, w]))
     }
 
+    /// The block as a cross-attention block: queries from `ln_1(x)`, keys and values from
+    /// `kv` (already normalised by the caller's `ln_1_kv`), no mask; then the MLP.
+    ///
+    /// # Shapes
+    /// `x`: [batch, tokens, width], `kv`: [batch, kv tokens, width] → [batch, tokens, width].
+    pub fn forward_cross(&self, x: &Tensor, kv: &Tensor) -> Tensor {
+        let (b, l, w) = x.size3().expect("attention input is [batch, tokens, width]");
+        let lk = kv.size()[1];
+        let weights = self.in_proj_weight.chunk(3, 0);
+        let biases = self.in_proj_bias.chunk(3, 0);
+        let head_dim = w / self.heads;
+        let split = |t: Tensor, n: i64| t.view([b, n, self.heads, head_dim]).transpose(1, 2);
+        let q = split(self.ln_1.forward(x).linear(&weights[0], Some(&biases[0])), l);
+        let k = split(kv.linear(&weights[1], Some(&biases[1])), lk);
+        let v = split(kv.linear(&weights[2], Some(&biases[2])), lk);
+        let out = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, None, false);
+        let x = x + self.out_proj.forward(&out.transpose(1, 2).reshape([b, l, w]));
+        let h = self.activation.apply(&self.c_fc.forward(&self.ln_2.forward(&x)));
+        x + self.c_proj.forward(&h)
+    }
+
     /// The block with an additive attention mask (0 or −inf) instead of the causal flag.
     ///
     /// # Shapes
