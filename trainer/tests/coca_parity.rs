@@ -128,6 +128,10 @@ fn coca_b32_preset_has_open_clip_keys() {
     assert_eq!(ours, theirs);
     let count: i64 = model.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum();
     assert_eq!(count, 253_560_065);
+    // open_clip_train's weight-decay rule on this state dict: 204 decay, 425 no-decay tensors.
+    let opt = clipfleet_trainer::optim::AdamW::new(model.named_parameters(), Default::default());
+    let (decay, no_decay) = opt.groups();
+    assert_eq!((decay.len(), no_decay.len()), (204, 425));
     let _ = Kind::Float;
 }
 
