@@ -123,12 +123,7 @@ impl Student {
     pub fn new(cfg: &ClipConfig, target_dim: i64, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let activation = if cfg.quick_gelu {
-            crate::model::transformer::Activation::QuickGelu
-        } else {
-            crate::model::transformer::Activation::Gelu
-        };
-        let visual = VisionTransformer::new(&root / "visual", &cfg.vision_cfg, cfg.embed_dim, activation);
+        let visual = VisionTransformer::new(&root / "visual", &cfg.vision_cfg, cfg.embed_dim, cfg.activation());
         let mim = &root / "mim";
         let width = cfg.vision_cfg.width;
         let mask_token = mim.var("mask_token", &[width], Init::Randn { mean: 0.0, stdev: 0.02 });

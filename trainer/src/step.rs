@@ -134,7 +134,7 @@ impl std::fmt::Debug for ContrastiveStep<'_> {
 impl ContrastiveStep<'_> {
     /// CoCa's caption-loss factor: `2 · W / T`, T the non-padding targets (`tokens[:, 1:] ≠ 0`)
     /// of the global batch (one all-reduce of a count).
-    fn caption_weight(&self, tokens: &Tensor, world: f64) -> Result<f64> {
+    fn caption_weight(&self, tokens: &Tensor) -> Result<f64> {
         let l = tokens.size()[1];
         let local = tokens.narrow(1, 1, l - 1).ne(0).sum(Kind::Double).view([1]);
         let mut total = local.to_device(tokens.device());
@@ -142,6 +142,7 @@ impl ContrastiveStep<'_> {
             self.group.all_reduce(&mut total, ReduceOp::Sum)?;
         }
         let total = total.double_value(&[0]);
+        let world = self.group.world_size() as f64;
         Ok(if total > 0.0 { CAPTION_LOSS_WEIGHT * world / total } else { 0.0 })
     }
 
@@ -181,7 +182,7 @@ impl ContrastiveStep<'_> {
         // non-padding targets), so each rank back-propagates its sum times 2·W / total, and
         // the average over ranks is one process's gradient.
         let coca = model.config().is_coca();
-        let caption_weight = if coca { self.caption_weight(tokens, world_size(self.group))? } else { 0.0 };
+        let caption_weight = if coca { self.caption_weight(tokens)? } else { 0.0 };
         let embed = |images: &Tensor, tokens: &Tensor| -> (Tensor, Tensor, Option<Tensor>) {
             self.precision.forward(|| {
                 if coca {
@@ -346,10 +347,6 @@ fn with_caption(surrogate: Tensor, caption: Option<Tensor>, weight: f64) -> Tens
         Some(c) => surrogate + c * weight,
         None => surrogate,
     }
-}
-
-fn world_size(group: &dyn ProcessGroup) -> f64 {
-    group.world_size() as f64
 }
 
 /// Σ f·g over both towers: its gradient with respect to f is g.

@@ -622,4 +622,32 @@ mod tests {
             assert!(back.contains(line), "{line} missing from {back}");
         }
     }
+
+    /// Issue 16's model options are checked by name: patch dropout's range, FILIP's towers and
+    /// its zero-shot data, the ResNet's whole-tower lock, and what CoCa cannot do.
+    #[test]
+    fn model_options_name_the_bad_key() {
+        let err = |cfg: TrainConfig| match cfg.validate() {
+            Err(e) => e.to_string(),
+            Ok(()) => cfg.model_config().unwrap_err().to_string(),
+        };
+        let e = err(TrainConfig { force_patch_dropout: Some(1.5), ..Default::default() });
+        assert!(e.contains("force_patch_dropout") && e.contains("[0, 1)"), "{e}");
+        let e = err(TrainConfig { model: "tiny-rn".into(), force_patch_dropout: Some(0.5), ..Default::default() });
+        assert!(e.contains("force_patch_dropout") && e.contains("ResNet"), "{e}");
+        let e = err(TrainConfig { model: "tiny-rn".into(), loss: LossKind::Filip, ..Default::default() });
+        assert!(e.contains("loss") && e.contains("ViT patch tokens"), "{e}");
+        let e = err(TrainConfig { loss: LossKind::Filip, zero_shot_data: Some("x.csv".into()), ..Default::default() });
+        assert!(e.contains("zero_shot_data") && e.contains("filip"), "{e}");
+        let e = err(TrainConfig {
+            model: "tiny-rn".into(),
+            lock_image: true,
+            lock_image_unlocked_groups: 1,
+            ..Default::default()
+        });
+        assert!(e.contains("lock_image_unlocked_groups") && e.contains("ResNet"), "{e}");
+        let e = err(TrainConfig { model: "tiny-coca".into(), force_patch_dropout: Some(0.5), ..Default::default() });
+        assert!(e.contains("force_patch_dropout") && e.contains("CoCa"), "{e}");
+        TrainConfig { model: "tiny-coca".into(), ..Default::default() }.model_config().unwrap();
+    }
 }

@@ -13,7 +13,6 @@ use super::coca::{CocaText, CocaVision, MultimodalDecoder};
 use super::config::ClipConfig;
 use super::resnet::{is_buffer, ModifiedResNet};
 use super::text::TextTransformer;
-use super::transformer::Activation;
 use super::vision::{PatchKeep, VisionTransformer};
 use crate::error::{Result, TrainError};
 use crate::loss::filip::FilipLayout;
@@ -104,7 +103,7 @@ impl Clip {
         config.validate()?;
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let activation = if config.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
+        let activation = config.activation();
         let visual = if config.is_resnet() {
             ImageTower::ResNet(Box::new(ModifiedResNet::new(&root / "visual", &config.vision_cfg, config.embed_dim)))
         } else if config.is_coca() {

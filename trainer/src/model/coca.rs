@@ -26,14 +26,6 @@ pub const CAPTION_LOSS_WEIGHT: f64 = 2.0;
 /// See [`CAPTION_LOSS_WEIGHT`].
 pub const CONTRASTIVE_LOSS_WEIGHT: f64 = 1.0;
 
-fn activation(cfg: &ClipConfig) -> Activation {
-    if cfg.quick_gelu {
-        Activation::QuickGelu
-    } else {
-        Activation::Gelu
-    }
-}
-
 /// Multi-head attention of `q_in` over `kv_in` with packed or separate projections, as
 /// `nn.MultiheadAttention` (no mask).
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, out: &nn::Linear) -> Tensor {
@@ -97,13 +89,11 @@ impl AttentionalPooler {
     fn forward(&self, x: &Tensor) -> Tensor {
         let n = x.size()[0];
         let kv = self.ln_k.forward(x);
-        let d = self.query.size()[1];
         let q = self.ln_q.forward(&self.query).unsqueeze(0).expand([n, -1, -1], true);
         let bias = self.in_proj_bias.chunk(3, 0);
         let q = q.linear(&self.q_proj, Some(&bias[0]));
         let k = kv.linear(&self.k_proj, Some(&bias[1]));
         let v = kv.linear(&self.v_proj, Some(&bias[2]));
-        debug_assert_eq!(q.size()[2], d);
         attend(&q, &k, &v, self.heads, &self.out_proj)
     }
 }
@@ -144,7 +134,7 @@ impl CocaVision {
                 v.blocks(),
                 v.heads(),
                 v.mlp_ratio,
-                activation(cfg),
+                cfg.activation(),
                 BlockInit::default(),
             ),
             attn_pool: AttentionalPooler::new(&p / "attn_pool", e, w, cfg.pooler_heads(), cfg.pooler_queries()),
@@ -177,18 +167,13 @@ pub(crate) struct CocaText {
     transformer: Transformer,
     ln_final: nn::LayerNorm,
     text_projection: Tensor,
-    heads: i64,
 }
 
 impl CocaText {
     pub(crate) fn new(p: nn::Path, cfg: &ClipConfig) -> Self {
         let t = &cfg.text_cfg;
         let w = t.width as f64;
-        let init = BlockInit {
-            attn_std: Some(w.powf(-0.5)),
-            proj_std: Some(w.powf(-0.5) * (2.0 * t.layers as f64).powf(-0.5)),
-            fc_std: Some((2.0 * w).powf(-0.5)),
-        };
+        let init = BlockInit::text_tower(t.width, t.layers);
         CocaText {
             token_embedding: (&p / "token_embedding").var(
                 "weight",
@@ -207,7 +192,7 @@ impl CocaText {
                 t.layers,
                 t.heads,
                 t.mlp_ratio,
-                activation(cfg),
+                cfg.activation(),
                 init,
             ),
             ln_final: layer_norm(&p / "ln_final", t.width),
@@ -216,7 +201,6 @@ impl CocaText {
                 &[t.width, cfg.embed_dim],
                 Init::Randn { mean: 0.0, stdev: w.powf(-0.5) },
             ),
-            heads: t.heads,
         }
     }
 
@@ -235,7 +219,6 @@ impl CocaText {
         let valid = Tensor::cat(&[Tensor::ones([n, 1], (Kind::Bool, x.device())), text.ne(0)], 1);
         let pad = Tensor::zeros([n, s], opts).masked_fill(&valid.logical_not(), f64::NEG_INFINITY);
         let mask = causal.view([1, 1, s, s]) + pad.view([n, 1, 1, s]);
-        let _ = self.heads;
         let x = (0..self.transformer.depth()).fold(x, |x, i| self.transformer.block_masked(i, &x, &mask));
         let pooled = self.ln_final.forward(&x.select(1, l)).matmul(&self.text_projection);
         (pooled, x.narrow(1, 0, l))
@@ -286,11 +269,11 @@ impl MultimodalDecoder {
                 m.layers,
                 m.heads,
                 4.0,
-                activation(cfg),
+                cfg.activation(),
                 BlockInit::default(),
             ),
             cross_attn: (0..m.layers)
-                .map(|i| CrossAttentionBlock::new(&cross / i, m.width, m.heads, activation(cfg)))
+                .map(|i| CrossAttentionBlock::new(&cross / i, m.width, m.heads, cfg.activation()))
                 .collect(),
             ln_final: layer_norm(&p / "ln_final", m.width),
             text_projection: p.var(

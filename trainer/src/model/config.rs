@@ -427,6 +427,15 @@ impl ClipConfig {
         cfg
     }
 
+    /// The MLP activation: QuickGELU when `quick_gelu`, else GELU.
+    pub fn activation(&self) -> super::transformer::Activation {
+        if self.quick_gelu {
+            super::transformer::Activation::QuickGelu
+        } else {
+            super::transformer::Activation::Gelu
+        }
+    }
+
     /// Whether the model is a CoCa (it has a multimodal decoder).
     pub fn is_coca(&self) -> bool {
         self.multimodal_cfg.is_some()

@@ -24,11 +24,7 @@ impl TextTransformer {
     /// OpenCLIP's `TextTransformer.init_parameters` distributions.
     pub fn new(p: nn::Path, cfg: &TextConfig, embed_dim: i64, activation: Activation) -> Self {
         let w = cfg.width as f64;
-        let init = BlockInit {
-            attn_std: Some(w.powf(-0.5)),
-            proj_std: Some(w.powf(-0.5) * (2.0 * cfg.layers as f64).powf(-0.5)),
-            fc_std: Some((2.0 * w).powf(-0.5)),
-        };
+        let init = BlockInit::text_tower(cfg.width, cfg.layers);
         TextTransformer {
             token_embedding: (&p / "token_embedding").var(
                 "weight",

@@ -35,6 +35,18 @@ pub struct BlockInit {
     pub fc_std: Option<f64>,
 }
 
+impl BlockInit {
+    /// OpenCLIP's `TextTransformer.init_parameters` for a text tower of `width` and `layers`.
+    pub fn text_tower(width: i64, layers: i64) -> Self {
+        let w = width as f64;
+        BlockInit {
+            attn_std: Some(w.powf(-0.5)),
+            proj_std: Some(w.powf(-0.5) * (2.0 * layers as f64).powf(-0.5)),
+            fc_std: Some((2.0 * w).powf(-0.5)),
+        }
+    }
+}
+
 /// PyTorch's default `nn.Linear` initialisation: U(±1/√fan_in) for weight and bias.
 pub(crate) fn linear(p: nn::Path, fan_in: i64, fan_out: i64, weight_std: Option<f64>) -> nn::Linear {
     let bound = 1.0 / (fan_in as f64).sqrt();

@@ -254,24 +254,8 @@ fn measure(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result<LossR
             Form::Unblocked => run_unblocked(rows),
         })
     };
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    sync();
-    let mut memory = PeakMemory::start(Device::Cpu)?;
-    run_form(b.min(args.block_size))?; // warm-up: one block
-    sync();
-    memory.reset_peak()?;
-    let start = Instant::now();
-    let mut loss = f64::NAN;
-    for _ in 0..args.repeats {
-        loss = run_form(b)?;
-    }
-    sync();
-    let seconds = start.elapsed().as_secs_f64() / f64::from(args.repeats);
-    let peak_extra_bytes = if device == Device::Cpu { memory.peak_extra_bytes() } else { None };
+    let (seconds, peak_extra_bytes, loss) =
+        timed(device, args.repeats, || run_form(b.min(args.block_size)), || run_form(b))?;
     let matmuls = match args.loss {
         BenchLossKind::Clip => 6 + if args.block_cols.is_some_and(|c| c < n) { 2 } else { 0 },
         BenchLossKind::Siglip | BenchLossKind::Filip => 3,
@@ -316,24 +300,8 @@ fn measure_filip(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result
             ContrastiveBatch { image_local: &il, text_local: &tl, image_all: &image, text_all: &text, row_offset: 0 };
         Ok(filip_loss_blockwise(&batch, layout, &scale, blocks(args))?)
     };
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    sync();
-    let mut memory = PeakMemory::start(Device::Cpu)?;
-    run(b.min(8))?; // warm-up: a few rows
-    sync();
-    memory.reset_peak()?;
-    let start = Instant::now();
-    let mut loss = f64::NAN;
-    for _ in 0..args.repeats {
-        loss = run(b)?.loss.double_value(&[]);
-    }
-    sync();
-    let seconds = start.elapsed().as_secs_f64() / f64::from(args.repeats);
-    let peak_extra_bytes = if device == Device::Cpu { memory.peak_extra_bytes() } else { None };
+    let loss_of = |rows: i64| -> anyhow::Result<f64> { Ok(run(rows)?.loss.double_value(&[])) };
+    let (seconds, peak_extra_bytes, loss) = timed(device, args.repeats, || loss_of(b.min(8)), || loss_of(b))?;
     // Token similarities b·N·L_i·L_t·d: pass 1 once, pass 2 forward and two backward matmuls;
     // twice (one per direction) unless b = N, where both directions score the same pairs.
     let directions = if b == n { 1.0 } else { 2.0 };
@@ -355,6 +323,36 @@ fn measure_filip(args: &BenchLossArgs, b: i64, device: Device) -> anyhow::Result
         unblocked_peak_extra_bytes: None,
         loss,
     })
+}
+
+/// Times `run` (mean over `repeats`, after one `warm_up`) on `device`: (seconds, peak memory
+/// above what the process held before, the last loss). Peak memory is the CPU's resident set,
+/// `None` on CUDA (tch binds no allocator statistics).
+fn timed(
+    device: Device,
+    repeats: u32,
+    warm_up: impl Fn() -> anyhow::Result<f64>,
+    run: impl Fn() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, Option<u64>, f64)> {
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    sync();
+    let mut memory = PeakMemory::start(Device::Cpu)?;
+    warm_up()?;
+    sync();
+    memory.reset_peak()?;
+    let start = Instant::now();
+    let mut loss = f64::NAN;
+    for _ in 0..repeats {
+        loss = run()?;
+    }
+    sync();
+    let seconds = start.elapsed().as_secs_f64() / f64::from(repeats);
+    let peak = if device == Device::Cpu { memory.peak_extra_bytes() } else { None };
+    Ok((seconds, peak, loss))
 }
 
 /// Runs one local batch size in a child process (this binary) and reads its JSON row.
